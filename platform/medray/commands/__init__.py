@@ -1,0 +1,1 @@
+"""Subcommands of the ``medray`` CLI, one module each."""

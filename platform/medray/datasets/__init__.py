@@ -1,0 +1,1 @@
+"""Datasets: the Parquet shard format shared by every workflow, manifests, loaders, patch extraction."""
