@@ -118,7 +118,7 @@ def read_bytes(uri: str, options: StorageOptions | None = None) -> bytes:
     """The whole object; a missing one is a StorageError naming it."""
     fs, path = get_filesystem(uri, options)
     try:
-        with fs.open_input_stream(path) as stream:
+        with fs.open_input_stream(path, compression=None) as stream:
             return stream.read()
     except (FileNotFoundError, OSError) as err:
         raise StorageError(f"cannot read {uri!r}: {err}") from err
@@ -184,7 +184,7 @@ def open_atomic(uri: str, options: StorageOptions | None = None) -> Iterator:
         fs.create_dir(parent, recursive=True)
     tmp = _temp_path(path)
     try:
-        with fs.open_output_stream(tmp) as stream:
+        with fs.open_output_stream(tmp, compression=None) as stream:
             yield stream
         fs.move(tmp, path)  # local: rename(2); S3: server-side copy then delete of the temp key
     except BaseException:
@@ -253,7 +253,7 @@ def local_copy(uri: str, options: StorageOptions | None = None, cache_dir: str |
         return str(target)
     staged = cache / f".part-{uuid.uuid4().hex[:8]}-{name}"
     try:
-        with fs.open_input_stream(path) as src, open(staged, "wb") as dst:
+        with fs.open_input_stream(path, compression=None) as src, open(staged, "wb") as dst:
             shutil.copyfileobj(src, dst, length=8 << 20)
         os.replace(staged, target)
     finally:

@@ -97,3 +97,14 @@ def test_atomic_local_path_publishes_to_s3(s3_bucket, s3_options):
         with open(tmp, "wb") as handle:
             handle.write(b"png-bytes")
     assert storage.read_bytes(uri, s3_options) == b"png-bytes"
+
+
+def test_gz_names_are_stored_byte_for_byte(tmp_path, s3_bucket, s3_options):
+    # pyarrow would otherwise gzip '*.gz' writes again (compression="detect").
+    import gzip
+
+    payload = gzip.compress(b"volume")
+    for uri, opts in [(str(tmp_path / "v.nii.gz"), None), (f"{s3_bucket}/v.nii.gz", s3_options)]:
+        storage.atomic_write_bytes(uri, payload, opts)
+        assert storage.read_bytes(uri, opts) == payload
+    assert (tmp_path / "v.nii.gz").read_bytes() == payload
