@@ -1,0 +1,1 @@
+"""Models: the name → network registry, weight loading with key checks, preprocessing, bundles."""
