@@ -84,3 +84,9 @@ def test_shards_on_loopback_s3(ray_cluster, s3_bucket, s3_options):
     meta = json.loads(storage.read_bytes(f"{out}/{schema.METADATA_FILE}", s3_options))
     assert meta["num_rows"] == 2
     assert reader.read_dataset(out, s3_options).count() == 2
+
+
+def test_filters_work_with_a_column_subset(ray_cluster, dataset):
+    out, _ = dataset
+    rows = reader.read_dataset(out, groups=["s2"], columns=["label"]).take_all()
+    assert len(rows) == 4 and all(set(r) == {"label"} for r in rows)

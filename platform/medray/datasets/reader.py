@@ -86,10 +86,17 @@ def read_dataset(uri: str, storage: StorageOptions | None = None, labels: list[s
         raise DataError(f"dataset {uri!r} has no shards for groups {groups}")
     fs, _ = get_filesystem(shards[0]["uri"], storage)
     paths = [get_filesystem(s["uri"], storage)[1] for s in shards]
-    ds = ray.data.read_parquet(paths, filesystem=fs, columns=columns)
-    if labels is not None or groups is not None:
+    filtering = labels is not None or groups is not None
+    read_columns = columns
+    if columns is not None and filtering:
+        # The filter needs these columns even when the caller did not ask for them.
+        read_columns = list(dict.fromkeys([*columns, S.LABEL_NAME, S.GROUP]))
+    ds = ray.data.read_parquet(paths, filesystem=fs, columns=read_columns)
+    if filtering:
         ds = ds.map_batches(_filter_table, batch_format="pyarrow",
                             fn_kwargs={"labels": labels, "groups": list(groups) if groups else None})
+        if read_columns != columns:
+            ds = ds.select_columns(columns)
     return ds
 
 
