@@ -1,0 +1,1 @@
+"""Ray Serve inference application: typed builders, FastAPI ingress, one module per endpoint."""

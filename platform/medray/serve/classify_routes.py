@@ -1,0 +1,39 @@
+"""``POST /<endpoint>/classify`` for the image classifiers (CT, skin) backed by ``ImageClassifier``."""
+
+# No `from __future__ import annotations`: FastAPI must see the real parameter types.
+from typing import Any
+
+from fastapi import APIRouter, File, Query, Response, UploadFile
+
+from medray.serve.config import AppArgs, ClassifierArgs
+
+DESCRIPTIONS = {
+    "ct": "Classify a CT slice (PNG/JPEG/DICOM) or, for a 3D model, a volume (NIfTI .nii/.nii.gz).",
+    "skin": "Classify a dermoscopy image (PNG/JPEG) into the model's lesion classes.",
+}
+
+
+def deployment(name: str, deployment_name: str, section: ClassifierArgs, args: AppArgs,
+               options: dict[str, Any]):
+    """The bound classifier deployment for one endpoint (``options`` from the config file win)."""
+    from medray.serve.classifier import ImageClassifier
+
+    merged = {"name": deployment_name, "max_ongoing_requests": section.max_ongoing_requests, **options}
+    return ImageClassifier.options(**merged).bind(name, section, args.storage, args.mlflow_tracking_uri)
+
+
+def router(name: str, handle: Any, section: ClassifierArgs, args: AppArgs):
+    """FastAPI routes of one classification endpoint."""
+    from medray.serve.errors import answer
+
+    api = APIRouter(tags=[name])
+
+    @api.post(f"/{name}/classify", summary=DESCRIPTIONS.get(name, f"Classify an image ({name})"))
+    async def classify(response: Response, file: UploadFile = File(..., description="The image or volume file"),
+                       top_k: int | None = Query(None, ge=1, le=100, description="Also list the k most likely classes")):
+        data = await file.read()
+        body = await answer(handle.classify.remote(data, file.filename, file.content_type, top_k))
+        response.headers["X-Model-Version"] = body["model_version"]
+        return body
+
+    return api
