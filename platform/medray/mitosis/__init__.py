@@ -1,0 +1,1 @@
+"""Two-stage mitosis detection (TUPAC16-style): proposals, patch classifier, clustering, matching."""

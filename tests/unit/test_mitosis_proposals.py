@@ -1,0 +1,131 @@
+"""Stage 1 proposals on generated HPFs (known mitoses), patch extraction/labelling, input errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medray.errors import DataError
+from medray.mitosis.config import PatchConfig, ProposalConfig
+from medray.mitosis.patches import extract_patches, label_points
+from medray.mitosis.proposals import merge_close, propose, proposal_recall
+from medray.mitosis.sliding_window import window_centres
+
+
+@pytest.fixture(scope="module")
+def fields():
+    from medray.synth.hpf import Config, field_layout, render_field
+
+    cfg = Config(size=512, num_images=6, mitoses_min=2, mitoses_max=5, mimics_per_image=3, seed=5)
+    return [(field_layout(cfg, i), render_field(field_layout(cfg, i))) for i in range(6)]
+
+
+@pytest.mark.parametrize("method", ["threshold", "log"])
+def test_proposal_recall_on_generated_hpfs(fields, method):
+    found = total = 0
+    counts = []
+    for layout, rgb in fields:
+        cand = propose(rgb, ProposalConfig(method=method))
+        counts.append(len(cand))
+        found += proposal_recall(cand, layout.mitoses, 30) * len(layout.mitoses)
+        total += len(layout.mitoses)
+    assert total >= 12
+    assert found / total >= 0.95
+    # a proposal stage, not a classifier: it proposes more than the figures, far fewer than windows
+    assert np.mean(counts) < len(window_centres((512, 512), 64, 16)) / 4
+
+
+def test_proposal_recall_hand_cases():
+    assert proposal_recall([[0, 0]], [[0, 30]], 30) == 1.0
+    assert proposal_recall([[0, 0]], [[0, 31], [0, 5]], 30) == 0.5
+    assert proposal_recall([], [[1, 1]], 30) == 0.0
+    assert proposal_recall([[1, 1]], [], 30) == 1.0
+
+
+def test_blank_image_has_no_candidates_and_bad_shapes_are_refused():
+    assert propose(np.full((128, 128, 3), 240, np.uint8)).shape == (0, 2)
+    with pytest.raises(DataError, match=r"RGB image \(H, W, 3\)"):
+        propose(np.zeros((64, 64), np.uint8))
+
+
+def test_merge_close_collapses_to_the_mean():
+    out = merge_close(np.array([[0.0, 0.0], [4.0, 0.0], [50.0, 50.0]]), 6)
+    assert sorted(out.tolist()) == [[2.0, 0.0], [50.0, 50.0]]
+
+
+def test_extract_patches_centred_and_reflect_padded():
+    img = np.arange(100 * 100 * 3, dtype=np.uint32).reshape(100, 100, 3).astype(np.uint8)
+    img[50, 40] = (1, 2, 3)
+    p = extract_patches(img, [[40, 50], [0, 0]], 8)
+    assert p.shape == (2, 8, 8, 3)
+    assert p[0, 4, 4].tolist() == [1, 2, 3]  # centre pixel at (size/2, size/2)
+    assert p[1, 4, 4].tolist() == img[0, 0].tolist()
+
+
+def test_label_points_by_distance_with_ignore_band():
+    cfg = PatchConfig(positive_radius=10, ignore_radius=30, truth_jitter_copies=1, include_mimics=True)
+    centres, labels, kinds, dist = label_points([[100, 100], [120, 100], [200, 200]], [[105, 100]],
+                                                [[300, 300], [110, 100]], cfg, np.random.default_rng(0))
+    # (100,100): 5 px -> positive; (120,100): 15 px -> ambiguous, dropped; (200,200) negative
+    assert kinds == ["candidate", "candidate", "truth", "jitter", "mimic"]
+    assert labels.tolist() == [1, 0, 1, 1, 0]
+    assert centres[:3].tolist() == [[100, 100], [200, 200], [105, 100]]
+    assert np.all(np.abs(centres[3] - [105, 100]) <= 5)
+    assert dist[0] == 5 and centres[4].tolist() == [300, 300]  # the mimic next to the mitosis is left out
+
+
+def test_window_centres_cover_the_image():
+    c = window_centres((128, 100), 64, 16)
+    xs, ys = np.unique(c[:, 0]), np.unique(c[:, 1])
+    assert xs.tolist() == [32, 48, 64, 68] and ys.tolist() == [32, 48, 64, 80, 96]
+    assert len(c) == 20
+
+
+def test_csv_parsing_errors_name_the_line():
+    from medray.mitosis.inputs import parse_mitosis_csv
+
+    assert parse_mitosis_csv("10,20\n\n30,40,extra\n").tolist() == [[20, 10], [40, 30]]
+    assert parse_mitosis_csv("").shape == (0, 2)
+    with pytest.raises(DataError, match=r"m.csv: line 2 'row,col' is not 'row,col' numbers"):
+        parse_mitosis_csv("1,2\nrow,col\n", "m.csv")
+    with pytest.raises(DataError, match="line 1 '5' is not"):
+        parse_mitosis_csv("5\n", "m.csv")
+    with pytest.raises(DataError, match="negative or non-finite"):
+        parse_mitosis_csv("-1,3\n", "m.csv")
+
+
+def test_missing_and_corrupt_images_are_clear_errors(tmp_path):
+    from medray.mitosis.inputs import hpf_units, load_image
+
+    with pytest.raises(DataError, match="cannot be read"):
+        load_image(str(tmp_path / "nope.png"))
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with pytest.raises(DataError, match="bad.png"):
+        load_image(str(bad))
+    bad_tif = tmp_path / "bad.tif"
+    bad_tif.write_bytes(b"II*\x00garbage")
+    with pytest.raises(DataError, match="corrupt or unreadable TIFF"):
+        load_image(str(bad_tif))
+    with pytest.raises(DataError, match="no images/ subfolder"):
+        hpf_units(str(tmp_path))
+
+
+def test_disk_mask_is_exact():
+    from medray.mitosis.segmentation import disk_mask
+
+    m = disk_mask((20, 20), [[5, 5]], radius=2)
+    assert m.sum() == 13 and m[5, 7] == 1 and m[5, 8] == 0 and m[7, 5] == 1
+
+
+def test_unet_segmenter_shapes_and_load_errors(tmp_path):
+    import torch
+
+    from medray.errors import ModelError
+    from medray.mitosis.segmentation import Segmenter, build_unet, load_segmenter
+
+    prob = Segmenter(build_unet())(np.zeros((30, 42, 3), np.uint8))  # padded to a multiple of 4 inside
+    assert prob.shape == (30, 42) and 0 <= prob.min() and prob.max() <= 1
+    torch.save({"wrong": torch.zeros(1)}, tmp_path / "bad.pt")
+    with pytest.raises(ModelError, match="cannot load UNet proposals model"):
+        load_segmenter(str(tmp_path / "bad.pt"))
