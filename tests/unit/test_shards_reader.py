@@ -90,3 +90,17 @@ def test_filters_work_with_a_column_subset(ray_cluster, dataset):
     out, _ = dataset
     rows = reader.read_dataset(out, groups=["s2"], columns=["label"]).take_all()
     assert len(rows) == 4 and all(set(r) == {"label"} for r in rows)
+
+
+def test_split_is_stratified_by_exact_group_counts_in_mixed_shards(tmp_path):
+    # One shard mixing every group (as manifest ingest writes): strata come from group_class_counts.
+    rows = []
+    for g in range(8):
+        rows += _rows(f"p{g}", ["tumor"] if g < 4 else ["normal"])
+    record = shards.write_shard(shards.rows_to_table(rows), str(tmp_path / "mixed"), "all")
+    record["group_class_counts"] = {f"p{g}": {"tumor" if g < 4 else "normal": 1} for g in range(8)}
+    shards.finalize_dataset(str(tmp_path / "mixed"), [record], ["normal", "tumor"], "images")
+    info = reader.read_info(str(tmp_path / "mixed"))
+    train, val = reader.split_groups(info, val_fraction=0.25, seed=1)
+    assert sum(g in {"p0", "p1", "p2", "p3"} for g in val) == 1
+    assert sum(g in {"p4", "p5", "p6", "p7"} for g in val) == 1

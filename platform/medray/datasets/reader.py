@@ -115,8 +115,11 @@ def split_groups(info: DatasetInfo, val_fraction: float = 0.2, seed: int = 0,
         totals = info.class_counts
         group_labels = {}
         for shard in info.shards:
+            per_group = shard.get("group_class_counts") or {}
             for group in shard.get("groups", []):
-                present = [c for c, n in shard.get("class_counts", {}).items() if n > 0]
+                # Exact per-group counts when the writer recorded them (mixed shards), else the shard's.
+                counts = per_group.get(group, shard.get("class_counts", {}))
+                present = [c for c, n in counts.items() if n > 0]
                 rarest = min(present, key=lambda c: totals.get(c, 0)) if present else ""
                 prev = group_labels.get(group)
                 if prev is None or totals.get(rarest, 0) < totals.get(prev, 0):
