@@ -8,13 +8,14 @@ each medray application's ``args`` with messages naming the field and the closes
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from medray.config.base import MedrayModel, validate_config
 from medray.config.common import StorageOptions
 from medray.errors import ConfigError
+from medray.mitosis.config import ProposalConfig
 
 MiB = 2**20
 
@@ -38,11 +39,48 @@ class ClassifierArgs(MedrayModel):
         return self
 
 
+class HeatmapArgs(MedrayModel):
+    """Slide heatmaps: background scoring jobs (``score_slides``) and synchronous region grids."""
+
+    model_uri: str = Field(..., description="Patch classifier: bundle folder (local or s3://), models:/... or runs:/...")
+    output_root: str = Field("medray-data/serve/heatmaps", description="Folder or s3:// prefix; each job writes <output_root>/<job_id>/")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Model device of the scoring actors and the region scorer")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per scoring model actor (0: CPU inference)")
+    predictor_cpus: float = Field(1.0, gt=0, description="CPUs reserved per scoring model actor")
+    batch_size: int = Field(64, ge=1, description="Patches per model forward pass")
+    unit_patches: int = Field(256, ge=1, description="Patches per read work unit of a job")
+    overlay_size: int = Field(1024, ge=64, description="Longest side of a job's overlay PNG")
+    write_tiff: bool = Field(True, description="Also write the pyramidal heatmap TIFF of each job")
+    log_mlflow: bool = Field(False, description="Log one MLflow run per job (needs mlflow_tracking_uri)")
+    max_concurrent_jobs: int = Field(1, ge=1, description="Jobs scored at once; later ones wait as 'queued'")
+    max_jobs_kept: int = Field(1000, ge=1, description="Finished jobs remembered in memory (oldest forgotten first)")
+    max_region_side: int = Field(8192, ge=64, description="Largest w or h of POST /slides/heatmap/region, level-0 px (413 above)")
+    max_region_cells: int = Field(16384, ge=1, description="Most grid cells one region request may score (413 above)")
+    max_ongoing_requests: int = Field(32, ge=1, description="Requests the job-manager replica holds at once")
+
+
+class MitosisArgs(MedrayModel):
+    """Mitosis detection in one high-power field: proposals → patch classifier → clustering → threshold."""
+
+    model_uri: str = Field(..., description="Mitosis patch classifier (classes normal/mitosis): bundle, models:/ or runs:/")
+    device: str = Field("cpu", pattern=r"^(cpu|auto|cuda(:\d+)?)$", description="cpu, cuda, cuda:N or auto (cuda if present)")
+    threshold: float | None = Field(None, gt=0, lt=1, description="Detection threshold (default: the bundle's tuned one, else 0.5)")
+    patch_size: int = Field(64, ge=16, description="Side of the patch classified around each candidate (pixels)")
+    batch_size: int = Field(128, ge=1, description="Patches per forward pass")
+    proposals: ProposalConfig = Field(default_factory=ProposalConfig, description="Stage 1: nuclei candidates")
+    cluster_distance: float = Field(32.0, ge=0, description="Detections closer than this merge (pixels); 0: off")
+    max_image_pixels: int = Field(4096 * 4096, ge=1024, description="Largest decoded field, width x height (413 above)")
+    max_upload_bytes: int = Field(32 * MiB, ge=1024, description="Largest accepted upload (413 above it)")
+    max_ongoing_requests: int = Field(8, ge=1, description="Requests a replica holds at once")
+
+
 class AppArgs(MedrayModel):
     """Arguments of ``medray.serve.app:build_app``; each endpoint section is optional."""
 
     ct: ClassifierArgs | None = Field(None, description="POST /ct/classify: CT slice (PNG/JPEG/DICOM) or volume (NIfTI)")
     skin: ClassifierArgs | None = Field(None, description="POST /skin/classify: dermoscopy image (PNG/JPEG)")
+    slides: HeatmapArgs | None = Field(None, description="POST /slides/heatmap (jobs) and /slides/heatmap/region (sync grid)")
+    mitosis: MitosisArgs | None = Field(None, description="POST /mitosis/detect: mitoses in one HPF image (PNG/JPEG/TIFF)")
     allowed_slide_roots: list[str] = Field(
         default_factory=list, description="Folders / s3:// prefixes slide URIs may point into (403 outside)")
     max_body_bytes: int = Field(1 * MiB, ge=1024, description="Upload limit for routes without their own")

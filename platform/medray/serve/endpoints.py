@@ -28,6 +28,8 @@ class Endpoint:
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("ct", "medray.serve.classify_routes", "CTClassifier"),
     Endpoint("skin", "medray.serve.classify_routes", "SkinClassifier"),
+    Endpoint("slides", "medray.serve.heatmap_routes", "SlideHeatmaps"),
+    Endpoint("mitosis", "medray.serve.mitosis_routes", "MitosisDetector"),
 )
 
 
