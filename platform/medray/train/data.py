@@ -1,0 +1,151 @@
+"""Ray Data side of training: read + split a dataset, decode (+ augment) rows in ``map_batches``.
+
+The stream handed to Ray Train holds ``image`` (uint8, N×H×W×C at the model's size) and ``label``
+(model class index); normalisation to float happens on the worker in ``to_tensor``, so the stream
+stays 4× smaller than float pixels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from typing import Any
+
+import numpy as np
+
+from medray.datasets.codec import decode_image
+from medray.datasets.reader import DatasetInfo, read_dataset, read_info, split_groups
+from medray.errors import ConfigError
+
+
+@dataclasses.dataclass
+class TrainData:
+    """The encoded train/val streams plus what lineage needs (classes, groups, per-class counts)."""
+
+    info: DatasetInfo
+    classes: list[str]
+    train: Any
+    val: Any
+    train_groups: list[str]
+    val_groups: list[str]
+    counts: dict[str, dict[str, int]]
+    val_info: DatasetInfo | None = None
+
+
+def resolve_classes(info: DatasetInfo, labels: list[str] | None) -> list[str]:
+    """The model's classes in output order: ``labels`` (checked against the dataset) or all classes."""
+    if labels is None:
+        return list(info.classes)
+    unknown = [c for c in labels if c not in info.classes]
+    if unknown:
+        raise ConfigError(f"labels {unknown} are not classes of dataset {info.uri!r}; its classes: {info.classes}")
+    if len(labels) < 2:
+        raise ConfigError(f"labels must name at least 2 classes, got {labels}")
+    return list(labels)
+
+
+def _counts(info: DatasetInfo, groups: list[str] | None, classes: list[str]) -> dict[str, int]:
+    """Rows per class in the shards of ``groups`` (shard records hold per-class counts)."""
+    total = dict.fromkeys(classes, 0)
+    for shard in info.shards_for(groups):
+        for name, n in shard.get("class_counts", {}).items():
+            if name in total:
+                total[name] += int(n)
+    return total
+
+
+def load_train_data(cfg) -> TrainData:
+    """Read the dataset(s) and split by group; nothing is decoded or materialised here."""
+    info = read_info(cfg.dataset, cfg.storage)
+    classes = resolve_classes(info, cfg.labels)
+    if cfg.val_dataset:
+        val_info = read_info(cfg.val_dataset, cfg.storage)
+        resolve_classes(val_info, classes)
+        train_groups, val_groups = list(info.groups), list(val_info.groups)
+        train = read_dataset(cfg.dataset, cfg.storage, labels=classes, info=info)
+        val = read_dataset(cfg.val_dataset, cfg.storage, labels=classes, info=val_info)
+        counts = {"train": _counts(info, None, classes), "val": _counts(val_info, None, classes)}
+        return TrainData(info, classes, train, val, train_groups, val_groups, counts, val_info)
+    train_groups, val_groups = split_groups(info, cfg.split.val_fraction, cfg.split.seed)
+    # shard class counts are per shard: exact when a shard holds one group (how writers shard)
+    train = read_dataset(cfg.dataset, cfg.storage, labels=classes, groups=train_groups, info=info)
+    val = read_dataset(cfg.dataset, cfg.storage, labels=classes, groups=val_groups, info=info)
+    counts = {"train": _counts(info, train_groups, classes), "val": _counts(info, val_groups, classes)}
+    return TrainData(info, classes, train, val, train_groups, val_groups, counts)
+
+
+def _to_channels(image: np.ndarray, channels: int) -> np.ndarray:
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.shape[-1] == channels:
+        return image
+    if image.shape[-1] == 1:
+        return np.repeat(image, channels, axis=-1)
+    if channels == 1 and image.shape[-1] >= 3:
+        return np.round(image[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))[
+            ..., None].astype(image.dtype)
+    raise ConfigError(f"image has {image.shape[-1]} channels; the model expects {channels} (model.in_channels)")
+
+
+def _resize(image: np.ndarray, size: int) -> np.ndarray:
+    if image.shape[0] == size and image.shape[1] == size:
+        return image
+    from PIL import Image
+
+    if image.shape[-1] == 1:
+        return np.asarray(Image.fromarray(image[..., 0]).resize((size, size), Image.BILINEAR))[..., None]
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+
+
+def decode_batch(batch: dict[str, np.ndarray], classes: list[str], size: int, channels: int,
+                 augment: Any = None, seed: int = 0) -> dict[str, np.ndarray]:
+    """Encoded rows → uint8 N×size×size×C images and class indices (pure; used in ``map_batches``).
+
+    Augmentation randomness is seeded by the batch content, so a run is reproducible.
+    """
+    index = {name: i for i, name in enumerate(classes)}
+    images = []
+    if augment is not None and len(batch["image"]):
+        rng = np.random.default_rng([seed, zlib.crc32(bytes(batch["image"][0]))])
+        if hasattr(augment, "reseed"):
+            augment.reseed(int(rng.integers(0, 2**31 - 1)))
+    for data, encoding in zip(batch["image"], batch["encoding"]):
+        image = _to_channels(decode_image(bytes(data), str(encoding)), channels)
+        if image.dtype != np.uint8:
+            image = np.clip(image, 0, 255).astype(np.uint8)
+        image = _resize(image, size)
+        if augment is not None:
+            image = apply_augment(augment, image)
+        images.append(image)
+    labels = np.array([index[str(name)] for name in batch["label_name"]], dtype=np.int64)
+    out = np.stack(images) if images else np.zeros((0, size, size, channels), np.uint8)
+    return {"image": out, "label": labels}
+
+
+def apply_augment(augment: Any, image: np.ndarray) -> np.ndarray:
+    """Run a 2D augmentation (HWC uint8 → HWC uint8)."""
+    out = np.asarray(augment(image))
+    return out if out.dtype == np.uint8 else np.clip(out, 0, 255).astype(np.uint8)
+
+
+def _decode_fn(batch, classes, size, channels, augment_cfg, seed):
+    augment = None
+    if augment_cfg is not None:
+        from medray.train.augment import build_augment_2d
+
+        augment = build_augment_2d(augment_cfg, seed)
+    return decode_batch(batch, classes, size, channels, augment, seed)
+
+
+def decoded(ds, cfg, classes: list[str], train: bool, batch_size: int = 64):
+    """``ds`` of encoded rows → stream of decoded (and, for training, augmented) examples."""
+    augment_cfg = cfg.augment if train and _augment_enabled(cfg.augment) else None
+    return ds.map_batches(
+        _decode_fn, batch_format="numpy", batch_size=batch_size,
+        fn_kwargs={"classes": classes, "size": cfg.preprocessing.size, "channels": cfg.model.in_channels,
+                   "augment_cfg": augment_cfg, "seed": cfg.seed})
+
+
+def _augment_enabled(augment_cfg) -> bool:
+    enabled = getattr(augment_cfg, "enabled", True)
+    return bool(enabled)

@@ -1,0 +1,203 @@
+"""The per-worker training loop run by Ray Train: stream the shard, DDP step, validate, checkpoint.
+
+Every epoch ends with ``ray.train.report``: rank 0 attaches a checkpoint (unwrapped state dict,
+optimizer, epoch, validation scores); a restarted worker group resumes from
+``ray.train.get_checkpoint()`` instead of starting over.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from typing import Any
+
+import numpy as np
+import torch
+from ray.data.collate_fn import NumpyBatchCollateFn
+from torch import nn
+
+CHECKPOINT_FILE = "state.pt"
+VAL_FILE = "val_scores.npz"
+SHUFFLE_BATCHES = 8  # local shuffle buffer, in batches
+
+
+def as_config(config):
+    """A ``TrainConfig`` from the object itself (keeps secret storage credentials) or its dump."""
+    from medray.train.config import TrainConfig
+
+    return config if isinstance(config, TrainConfig) else TrainConfig.model_validate(config)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU results are then repeatable for a fixed data order)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_preprocessing(cfg):
+    """The ``Preprocessing`` record stored with the model (what ``to_tensor`` does to a batch)."""
+    from medray.models.preprocess import Preprocessing
+
+    return Preprocessing(spatial_dims=cfg.model.spatial_dims, channels=cfg.model.in_channels,
+                         size=cfg.preprocessing.size, mean=list(cfg.preprocessing.mean),
+                         std=list(cfg.preprocessing.std))
+
+
+def build_optimizer(params, opt) -> torch.optim.Optimizer:
+    if opt.name == "sgd":
+        return torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
+    if opt.name == "adam":
+        return torch.optim.Adam(params, lr=opt.lr, weight_decay=opt.weight_decay)
+    return torch.optim.AdamW(params, lr=opt.lr, weight_decay=opt.weight_decay)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def predict_scores(model: nn.Module, batches, device, amp_dtype=None) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax probabilities and labels over an iterable of (x, y) batches, in eval mode."""
+    model.eval()
+    probs, labels = [], []
+    with torch.no_grad():
+        for x, y in batches:
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = model(x.to(device))
+            probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+            labels.append(y.cpu().numpy())
+    if not probs:
+        return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
+    return np.concatenate(probs), np.concatenate(labels)
+
+
+def _fail_once(cfg, epoch: int) -> None:
+    """Testing hook: raise at the start of ``cfg.fail_at_epoch`` the first time only (marker file)."""
+    from medray.storage import atomic_write_text, exists, join_uri
+
+    marker = join_uri(cfg.output, "_failure_injected")
+    if cfg.fail_at_epoch == epoch + 1 and not exists(marker, cfg.storage):
+        atomic_write_text(marker, f"failed at epoch {epoch + 1}\n", cfg.storage)
+        raise RuntimeError(f"injected failure at epoch {epoch + 1} (fail_at_epoch)")
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train entry: ``loop_config`` holds the resolved config, classes, class weights, total epochs."""
+    import ray.train
+    import ray.train.torch
+
+    from medray.models.registry import build_model
+    from medray.train.metrics import best_f1_threshold, classification_metrics
+
+    cfg = as_config(loop_config["config"])
+    classes: list[str] = loop_config["classes"]
+    total_epochs: int = loop_config["total_epochs"]
+    round_index: int = loop_config.get("round", 0)
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    seed_everything(cfg.seed)
+    device = ray.train.torch.get_device()
+    use_amp = device.type == "cuda" and cfg.mixed_precision != "none"
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision) if use_amp else None
+    scaler = torch.amp.GradScaler("cuda") if use_amp and amp_dtype == torch.float16 else None
+
+    model = build_model(cfg.model.model_copy(update={"num_classes": len(classes)}), cfg.storage)
+    start_epoch, history, state = 0, [], None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = torch.load(os.path.join(d, CHECKPOINT_FILE), map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        start_epoch, history = int(state["epoch"]), list(state.get("history", []))
+    model = ray.train.torch.prepare_model(model)  # device + DDP (gloo on CPU, nccl on GPU)
+    optimizer = build_optimizer(model.parameters(), cfg.optimizer)  # after the move: state on the device
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+
+    weight = loop_config.get("class_weights")
+    loss_fn = nn.CrossEntropyLoss(weight=torch.tensor(weight, dtype=torch.float32, device=device) if weight else None)
+    prep = make_preprocessing(cfg)
+
+    collate = ToTensorCollate(prep)
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    positive = 1 if len(classes) == 2 else None
+    for epoch in range(start_epoch, total_epochs):
+        if cfg.fail_at_epoch is not None:
+            _fail_once(cfg, epoch)
+        model.train()
+        total, seen = 0.0, 0
+        # seeded local shuffle: mixes classes within batches, same order for the same seed and epoch
+        for x, y in train_shard.iter_torch_batches(batch_size=cfg.batch_size, collate_fn=collate,
+                                                   local_shuffle_buffer_size=SHUFFLE_BATCHES * cfg.batch_size,
+                                                   local_shuffle_seed=cfg.seed * 1000 + epoch):
+            x, y = x.to(device), y.to(device)
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                loss = loss_fn(model(x), y)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            total += float(loss.detach()) * len(y)
+            seen += len(y)
+        metrics: dict[str, Any] = {"epoch": epoch + 1, "round": round_index, "start_epoch": start_epoch,
+                                   "train_loss": total / max(seen, 1), "train_examples": seen, "rank": rank}
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = None
+            if rank == 0:
+                batches = val_shard.iter_torch_batches(batch_size=max(cfg.batch_size, 64), collate_fn=collate)
+                probs, labels = predict_scores(unwrap(model), batches, device, amp_dtype)
+                threshold = 0.5
+                if positive is not None and len(labels) and len(np.unique(labels)) > 1:
+                    threshold = float(best_f1_threshold(labels == positive, probs[:, positive])[0])
+                val = classification_metrics(labels, probs, classes, threshold) if len(labels) else {}
+                metrics.update({f"val_{k}": float(v) for k, v in val.items() if _is_number(v)})
+                metrics["threshold"] = threshold
+                history.append({k: v for k, v in metrics.items() if _is_number(v)})
+                torch.save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                            "epoch": epoch + 1, "threshold": threshold, "classes": classes,
+                            "history": history}, os.path.join(tmp, CHECKPOINT_FILE))
+                np.savez(os.path.join(tmp, VAL_FILE), probs=probs, labels=labels)
+                with open(os.path.join(tmp, "metrics.json"), "w") as fh:
+                    json.dump(metrics, fh)
+                _log_mlflow_epoch(loop_config, metrics)
+                ckpt = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"epoch-{epoch + 1:04d}")
+
+
+class ToTensorCollate(NumpyBatchCollateFn):
+    """Collate for ``iter_torch_batches``: uint8 NHWC images → normalised NCHW float, labels → int64."""
+
+    def __init__(self, prep) -> None:
+        self.prep = prep
+
+    def __call__(self, batch: dict[str, np.ndarray]):
+        from medray.models.preprocess import to_tensor
+
+        return to_tensor(batch["image"], self.prep).contiguous(), torch.as_tensor(batch["label"])
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _log_mlflow_epoch(loop_config: dict[str, Any], metrics: dict[str, Any]) -> None:
+    """Rank 0 only: per-epoch metrics into the run the driver opened."""
+    run_id = loop_config.get("mlflow_run_id")
+    if not run_id:
+        return
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=loop_config["mlflow_tracking_uri"])
+    step = int(metrics["epoch"])
+    for key, value in metrics.items():
+        if key not in ("epoch", "rank") and _is_number(value):
+            client.log_metric(run_id, key, float(value), step=step)
