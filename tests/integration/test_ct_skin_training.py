@@ -61,9 +61,6 @@ def test_ct2d_resnet_learns_severity(ray_cluster, tmp_path, mlflow_uri):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="train/data.py decode_batch handles only 8-bit 2D rows (HxWxC); ct3d rows "
-                                      "are float32 npy 1xDxHxW (see the ingest report to the lead). strict: "
-                                      "remove this mark once the trainer streams volumes")
 def test_ct3d_volume_classifier_learns(ray_cluster, tmp_path, mlflow_uri):
     from medray.synth import ct
 

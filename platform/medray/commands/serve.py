@@ -2,7 +2,7 @@
 
 Examples:
   medray serve                                   # serve_configs/local.yaml on 127.0.0.1:8000
-  medray serve --demo-models                     # first train tiny stand-in models where missing
+  medray serve --demo-models                     # first run the demo's training steps if models are missing
   medray serve --check serve_configs/production.yaml
 """
 
@@ -16,22 +16,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Serve config file (default: serve_configs/local.yaml)")
     parser.add_argument("--check", action="store_true", help="only validate the config file and exit")
     parser.add_argument("--demo-models", action="store_true",
-                        help="train tiny synthetic-data models at local model_uri paths that have no bundle yet")
+                        help="first train the demo's models (medray demo) where local model_uri paths have no bundle")
+
+
+def _missing_local_models(args_by_app: dict) -> list[str]:
+    """Local bundle folders named by the config that hold no bundle yet."""
+    import os
+
+    missing = []
+    for app_args in args_by_app.values():
+        for name in ("ct", "skin", "slides", "mitosis"):
+            section = getattr(app_args, name, None)
+            uri = section.model_uri if section else ""
+            if uri and "://" not in uri and ":/" not in uri and not os.path.isfile(os.path.join(uri, "bundle.json")):
+                missing.append(uri)
+    return missing
 
 
 def _demo_models(args_by_app: dict) -> None:
-    import os
+    """Train every missing demo model by running the demo (without its serve step)."""
+    missing = _missing_local_models(args_by_app)
+    if not missing:
+        return
+    from medray.demo import STEPS, DemoConfig, run_demo
 
-    from medray.serve import demo_models
-
-    trainers = {"ct": demo_models.train_ct_model, "skin": demo_models.train_skin_model}
-    for app_args in args_by_app.values():
-        for name, train in trainers.items():
-            section = getattr(app_args, name)
-            uri = section.model_uri if section else ""
-            if uri and "://" not in uri and ":/" not in uri and not os.path.isfile(os.path.join(uri, "bundle.json")):
-                print(f"training a demo {name} model into {uri} ...", flush=True)
-                train(uri)
+    print(f"no bundle at {missing}: running the demo's training steps into medray-data/demo ...", flush=True)
+    run_demo(DemoConfig(workdir="medray-data/demo", steps=[s for s in STEPS if s != "serve"]))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,5 +56,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.demo_models:
         _demo_models(apps)
+    missing = _missing_local_models(apps)
+    if missing:
+        print(f"no model bundle at {missing}: run `make demo` (or `medray serve --demo-models`) first",
+              file=sys.stderr)
+        return 2
     # `serve run` stops cleanly on SIGTERM (it ignores SIGINT when backgrounded)
     return subprocess.call([sys.executable, "-m", "ray.serve.scripts", "run", args.config])

@@ -369,7 +369,7 @@ def score_slides(config: ScoreConfig | dict, progress_callback: ProgressCallback
     # 1. plan every slide in parallel
     truth = resolve_truth(cfg, slide_uris)
     entries: dict[str, dict[str, Any]] = {}
-    plan_remote = ray.remote(num_cpus=1, max_retries=0)(_plan_task)
+    plan_remote = ray.remote(num_cpus=cfg.reader_cpus, max_retries=0)(_plan_task)
     cfg_ref = ray.put(cfg)
     pending = {plan_remote.remote(u, cfg_ref, geometry, truth[s]): (i, u, s) for i, (u, s) in enumerate(zip(slide_uris, ids))}
     plans: dict[int, dict[str, Any]] = {}
@@ -448,7 +448,7 @@ def score_slides(config: ScoreConfig | dict, progress_callback: ProgressCallback
         # would serialise reading and inference).
         in_h, in_w = geometry["input_size"]
         unit_memory = max(64 << 20, 2 * cfg.unit_patches * in_h * in_w * 3)
-        ds = ds.map_batches(read_units, batch_size=1, batch_format="numpy", num_cpus=1, memory=unit_memory,
+        ds = ds.map_batches(read_units, batch_size=1, batch_format="numpy", num_cpus=cfg.reader_cpus, memory=unit_memory,
                             compute=ray.data.TaskPoolStrategy(size=min(readers, len(units))),
                             fn_kwargs={"storage": cfg.storage})
         ds = ds.map_batches(Predictor, batch_size=cfg.batch_size, batch_format="numpy",

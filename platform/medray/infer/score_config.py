@@ -43,6 +43,8 @@ class ScoreConfig(MedrayModel):
     unit_patches: int = Field(256, ge=1, description="Patches per read work unit (one Ray Data task)")
     readers: int | None = Field(None, ge=1, description="Parallel patch-reading tasks (default: the cluster's CPUs)")
     predictors: int = Field(1, ge=1, description="Model actors in the pool")
+    reader_cpus: float = Field(1.0, gt=0, description="CPUs reserved per planning/reading task (fractional "
+                               "values let scoring share a cluster with Serve replicas)")
     predictor_cpus: float = Field(1.0, gt=0, description="CPUs reserved per model actor")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per model actor (0: CPU inference)")
     overlay_size: int = Field(1024, ge=64, description="Longest side of the overlay PNG's thumbnail")

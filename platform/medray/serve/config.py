@@ -47,6 +47,8 @@ class HeatmapArgs(MedrayModel):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Model device of the scoring actors and the region scorer")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per scoring model actor (0: CPU inference)")
     predictor_cpus: float = Field(1.0, gt=0, description="CPUs reserved per scoring model actor")
+    reader_cpus: float = Field(0.25, gt=0, description="CPUs reserved per slide-reading task of a job (small, "
+                               "so jobs fit beside the Serve replicas)")
     batch_size: int = Field(64, ge=1, description="Patches per model forward pass")
     unit_patches: int = Field(256, ge=1, description="Patches per read work unit of a job")
     overlay_size: int = Field(1024, ge=64, description="Longest side of a job's overlay PNG")

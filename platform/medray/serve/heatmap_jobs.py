@@ -130,7 +130,7 @@ class HeatmapJobs:
 
         a = self.args
         cfg = {"slides": [job["slide_uri"]], "model": a.model_uri, "output": join_uri(a.output_root, job["job_id"]),
-               "batch_size": a.batch_size, "unit_patches": a.unit_patches, "predictor_cpus": a.predictor_cpus,
+               "batch_size": a.batch_size, "unit_patches": a.unit_patches, "predictor_cpus": a.predictor_cpus, "reader_cpus": a.reader_cpus,
                "num_gpus": a.num_gpus, "device": a.device, "overlay_size": a.overlay_size, "write_tiff": a.write_tiff,
                "log_mlflow": a.log_mlflow, "progress": False, "evaluate": False, "storage": self.storage,
                **job["options"]}

@@ -97,8 +97,24 @@ def _resize(image: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
 
 
+def to_stream_layout(array: np.ndarray, encoding: str, spatial_dims: int) -> np.ndarray:
+    """A decoded example → the stream's layout: uint8 HxW[xC] (2D) or uint8 CxDxHxW (3D).
+
+    JPEG/PNG decode to uint8 HxW[xC] already; NPY examples (manifest ingest of DICOM/NIfTI) are
+    float32 channel-first in [0, 1]: scaled to 8 bit and, for 2D, moved to channels-last.
+    """
+    if encoding != "npy":
+        return array
+    arr = np.asarray(array)
+    if arr.dtype != np.uint8:
+        arr = np.clip(np.rint(arr.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
+    if spatial_dims == 2:
+        return arr.transpose(1, 2, 0) if arr.ndim == 3 else arr
+    return arr if arr.ndim == 4 else arr[None]
+
+
 def decode_batch(batch: dict[str, np.ndarray], classes: list[str], size: int, channels: int,
-                 augment: Any = None, seed: int = 0) -> dict[str, np.ndarray]:
+                 augment: Any = None, seed: int = 0, spatial_dims: int = 2) -> dict[str, np.ndarray]:
     """Encoded rows → uint8 N×size×size×C images and class indices (pure; used in ``map_batches``).
 
     Augmentation randomness is seeded by the batch content, so a run is reproducible.
@@ -110,7 +126,15 @@ def decode_batch(batch: dict[str, np.ndarray], classes: list[str], size: int, ch
         if hasattr(augment, "reseed"):
             augment.reseed(int(rng.integers(0, 2**31 - 1)))
     for data, encoding in zip(batch["image"], batch["encoding"]):
-        image = _to_channels(decode_image(bytes(data), str(encoding)), channels)
+        image = to_stream_layout(decode_image(bytes(data), str(encoding)), str(encoding), spatial_dims)
+        if spatial_dims == 3:  # volumes were resampled to one shape at ingest (loader.target_shape)
+            if image.shape[0] != channels:
+                raise ConfigError(f"volume has {image.shape[0]} channels; the model expects {channels}")
+            if augment is not None:
+                image = np.clip(np.rint(augment(image.astype(np.float32) / 255.0) * 255.0), 0, 255).astype(np.uint8)
+            images.append(image)
+            continue
+        image = _to_channels(image, channels)
         if image.dtype != np.uint8:
             image = np.clip(image, 0, 255).astype(np.uint8)
         image = _resize(image, size)
@@ -118,7 +142,8 @@ def decode_batch(batch: dict[str, np.ndarray], classes: list[str], size: int, ch
             image = apply_augment(augment, image)
         images.append(image)
     labels = np.array([index[str(name)] for name in batch["label_name"]], dtype=np.int64)
-    out = np.stack(images) if images else np.zeros((0, size, size, channels), np.uint8)
+    empty = (0, channels, size, size, size) if spatial_dims == 3 else (0, size, size, channels)
+    out = np.stack(images) if images else np.zeros(empty, np.uint8)
     return {"image": out, "label": labels}
 
 
@@ -128,13 +153,13 @@ def apply_augment(augment: Any, image: np.ndarray) -> np.ndarray:
     return out if out.dtype == np.uint8 else np.clip(out, 0, 255).astype(np.uint8)
 
 
-def _decode_fn(batch, classes, size, channels, augment_cfg, seed):
+def _decode_fn(batch, classes, size, channels, augment_cfg, seed, spatial_dims=2):
     augment = None
     if augment_cfg is not None:
-        from medray.train.augment import build_augment_2d
+        from medray.train.augment import build_augment_2d, build_augment_3d
 
-        augment = build_augment_2d(augment_cfg, seed)
-    return decode_batch(batch, classes, size, channels, augment, seed)
+        augment = (build_augment_3d if spatial_dims == 3 else build_augment_2d)(augment_cfg, seed)
+    return decode_batch(batch, classes, size, channels, augment, seed, spatial_dims)
 
 
 def decoded(ds, cfg, classes: list[str], train: bool, batch_size: int = 64):
@@ -143,7 +168,7 @@ def decoded(ds, cfg, classes: list[str], train: bool, batch_size: int = 64):
     return ds.map_batches(
         _decode_fn, batch_format="numpy", batch_size=batch_size,
         fn_kwargs={"classes": classes, "size": cfg.preprocessing.size, "channels": cfg.model.in_channels,
-                   "augment_cfg": augment_cfg, "seed": cfg.seed})
+                   "augment_cfg": augment_cfg, "seed": cfg.seed, "spatial_dims": cfg.model.spatial_dims})
 
 
 def _augment_enabled(augment_cfg) -> bool:

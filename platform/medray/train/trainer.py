@@ -234,7 +234,11 @@ def _log_final(cfg, model, spec, prep, classes, threshold, run_id, metrics, plot
     from medray.train import tracking
 
     tracking.configure(cfg.mlflow)
-    example = np.zeros((1, cfg.preprocessing.size, cfg.preprocessing.size, cfg.model.in_channels), np.uint8)
+    size = cfg.preprocessing.size
+    if cfg.model.spatial_dims == 3:  # volumes stream channel-first: N x C x D x H x W
+        example = np.zeros((1, cfg.model.in_channels, size, size, size), np.uint8)
+    else:
+        example = np.zeros((1, size, size, cfg.model.in_channels), np.uint8)
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics({f"final_{k}": float(v) for k, v in metrics.items() if _number(v)})
         mlflow.set_tag("medray.threshold", f"{threshold:.6g}")
