@@ -16,7 +16,13 @@ from medray.errors import MedrayError
 # name → (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("medray.commands.synth", "generate synthetic slides, HPFs, CT and dermoscopy data"),
+    "ingest": ("medray.commands.ingest", "turn a manifest of PNG/DICOM/NIfTI files into Parquet shards (Ray Data)"),
+    "train": ("medray.commands.train", "train a classifier on a dataset with Ray Train (fine-tune or transfer)"),
+    "score": ("medray.commands.score", "score whole slides into probability heatmaps, overlays and reports (Ray Data)"),
     "demo": ("medray.commands.demo", "run the main workflow end to end on synthetic data"),
+    "serve": ("medray.commands.serve", "validate a Serve config and run the inference app (serve run)"),
+    "extract": ("medray.commands.extract", "extract labelled slide patches into a Parquet dataset on Ray"),
+    "mitosis": ("medray.commands.mitosis", "two-stage mitosis detection: prepare, train, detect, compare"),
 }
 
 
