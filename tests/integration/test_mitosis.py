@@ -33,8 +33,8 @@ def _config(hpf_dir, output, **over):
 
     data = {"inputs": {"hpf_dir": hpf_dir}, "output": str(output),
             "train": {"labels": ["normal", "mitosis"], "model": {"name": "smallcnn"},
-                      "preprocessing": {"size": 64}, "epochs": 3, "batch_size": 32, "num_threads": 1,
-                      "optimizer": {"lr": 0.003}, "imbalance": "balanced_sampling",
+                      "preprocessing": {"size": 64}, "epochs": 6, "batch_size": 32, "num_threads": 1,
+                      "optimizer": {"lr": 0.002}, "imbalance": "balanced_sampling",
                       "fp_oversampling": {"rounds": 1, "negative_class": "normal", "positive_class": "mitosis"}},
             "detect": {"torch_threads": 1, "cpus_per_actor": 1.0}}
     data.update(over)

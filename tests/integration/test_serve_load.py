@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 import pytest
 
 from medray.datasets.codec import encode_image
@@ -57,8 +58,17 @@ def base_url(ray_cluster, tmp_path_factory):
     skin = demo_models.untrained_model(str(root / "skin"), 2, 3, 64, list("abcdefg"))
     classifier = {"max_ongoing_requests": 16, "autoscaling_config": SCALE,
                   "ray_actor_options": {"num_cpus": 0.25, "num_gpus": 0}}
+    # The production config minus the slide and mitosis endpoints (GPU actors; not load-tested here).
+    config = yaml.safe_load((REPO / "serve_configs" / "production.yaml").read_text())
+    for entry in config["applications"]:
+        for section in ("slides", "mitosis"):
+            (entry.get("args") or {}).pop(section, None)
+        entry["deployments"] = [d for d in entry.get("deployments", [])
+                                if d["name"] not in ("SlideHeatmaps", "MitosisDetector")]
+    production = root / "production-ct-skin.yaml"
+    production.write_text(yaml.safe_dump(config))
     app, _ = application_from_config(
-        REPO / "serve_configs" / "production.yaml",
+        production,
         args_update={"ct": {"model_uri": ct, "device": "cpu", "max_batch_size": 8, "max_ongoing_requests": 16},
                      "skin": {"model_uri": skin, "device": "cpu", "max_batch_size": 8, "max_ongoing_requests": 16}},
         deployment_updates={"CTClassifier": classifier, "SkinClassifier": classifier,
