@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from medray.runtime import ensure_ray, json_safe
 from medray.config.common import StorageOptions
 from medray.datasets import extract_plan as P
 from medray.datasets import schema as S
@@ -281,24 +282,6 @@ def remove_stale_shards(output: str, markers: dict[str, dict], storage: StorageO
     return stale
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def _ensure_ray(cfg: ExtractConfig) -> None:
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=cfg.ray.address, num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus,
-                 ignore_reinit_error=True)
-
-
 def _slide_entry(slide_id: str, uri: str, status: str, **fields: Any) -> dict[str, Any]:
     return {"slide_id": slide_id, "uri": uri, "status": status, **fields}
 
@@ -321,7 +304,7 @@ def run_extract(cfg: ExtractConfig, progress: bool = True) -> dict[str, Any]:
         raise ConfigError(f"slide ids must be unique (they name shards and groups); duplicated: {dupes}")
     annotations = resolve_annotations(cfg, slide_uris)
     write_resolved_config(cfg, output, storage)
-    _ensure_ray(cfg)  # after the inputs are checked: a wrong path fails fast, without a cluster
+    ensure_ray(cfg.ray)  # after the inputs are checked: a wrong path fails fast, without a cluster
 
     entries: dict[str, dict[str, Any]] = {}
     markers: dict[str, dict] = {}
@@ -384,7 +367,7 @@ def run_extract(cfg: ExtractConfig, progress: bool = True) -> dict[str, Any]:
                   "mpp": plan.mpp, "patches": plan.counts(classes), "dropped": plan.dropped,
                   "requested": plan.requested, "shards": [got[sid][c] for c in sorted(got[sid])],
                   **{k: v for k, v in plan_info[sid].items() if k != "plan_seconds"}}
-        marker = _json_safe(marker)
+        marker = json_safe(marker)
         atomic_write_text(marker_uri(output, sid), json.dumps(marker, indent=1), storage)
         markers[sid] = marker
         entries[sid] = _slide_entry(sid, plan.uri, "ok", patches=marker["patches"], dropped=plan.dropped,
@@ -448,7 +431,7 @@ def run_extract(cfg: ExtractConfig, progress: bool = True) -> dict[str, Any]:
             samples = sample_patches([r["uri"] for r in shards], classes, 16, storage, cfg.seed)
             report["contact_sheet"] = write_png(contact_sheet(samples), join_uri(output, "contact_sheet.png"),
                                                 storage)
-    atomic_write_text(join_uri(output, REPORT_FILE), json.dumps(_json_safe(report), indent=1), storage)
+    atomic_write_text(join_uri(output, REPORT_FILE), json.dumps(json_safe(report), indent=1), storage)
     return report
 
 

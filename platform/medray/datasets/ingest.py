@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from medray.runtime import ensure_ray
 from medray.config.common import StorageOptions
 from medray.datasets import schema as S
 from medray.datasets.ingest_config import BuilderOptions, IngestConfig
@@ -196,14 +197,6 @@ def write_units(batch: dict[str, np.ndarray], output: str, loader: LoaderConfig,
     return {k: np.asarray(v) for k, v in out.items()}
 
 
-def _ensure_ray(cfg: IngestConfig) -> None:
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=cfg.ray.address, num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus,
-                 ignore_reinit_error=True)
-
-
 def _run_units(cfg: IngestConfig, units: list[dict[str, Any]], encoding: str, progress: bool
                ) -> tuple[list[dict], list[dict]]:
     """Load, encode and write every unit with Ray Data; returns (shard records, item statuses)."""
@@ -253,7 +246,7 @@ def run_ingest(cfg: IngestConfig, progress: bool = True) -> dict[str, Any]:
     if cfg.shuffle_seed is not None:
         entries = shuffle(entries, cfg.shuffle_seed)
     encoding = cfg.resolved_encoding()
-    _ensure_ray(cfg)
+    ensure_ray(cfg.ray)
     delete(join_uri(cfg.output, S.METADATA_FILE), cfg.storage)  # incomplete until the end
     write_resolved_config(cfg, cfg.output, cfg.storage)
 

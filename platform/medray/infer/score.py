@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from medray.runtime import ensure_ray, json_safe
 from medray.config.common import StorageOptions
 from medray.errors import MedrayError
 from medray.infer import heatmap as H
@@ -202,18 +203,6 @@ def make_units(index: int, uri: str, plan: dict[str, Any], geometry: dict[str, A
 
 
 # -- outputs ----------------------------------------------------------------------------------------
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (np.floating, np.integer)):
-        return _json_safe(value.item())
-    return value
-
-
 def npy_bytes(prob_map: np.ndarray) -> bytes:
     import io
 
@@ -294,20 +283,12 @@ def configure_mlflow(cfg: ScoreConfig) -> str:
 
 
 # -- the job --------------------------------------------------------------------------------------
-def _ensure_ray(cfg: ScoreConfig) -> None:
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=cfg.ray.address, num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus,
-                 ignore_reinit_error=True)
-
-
 def _entry(slide_id: str, uri: str, status: str, **fields: Any) -> dict[str, Any]:
     return {"slide_id": slide_id, "uri": uri, "status": status, **fields}
 
 
 def _write_job_report(cfg: ScoreConfig, report: dict[str, Any]) -> dict[str, Any]:
-    report = _json_safe(report)
+    report = json_safe(report)
     atomic_write_text(join_uri(cfg.output, REPORT_FILE), json.dumps(report, indent=1), cfg.storage)
     return report
 
@@ -362,7 +343,7 @@ def score_slides(config: ScoreConfig | dict, progress_callback: ProgressCallback
                   "name": model.spec.name}
     report.update(model=model_info, threshold=threshold)
     del model
-    _ensure_ray(cfg)
+    ensure_ray(cfg.ray)
     if cfg.log_mlflow:
         tracking_uri = configure_mlflow(cfg)
 
@@ -422,7 +403,7 @@ def score_slides(config: ScoreConfig | dict, progress_callback: ProgressCallback
                 entry["mlflow_run_id"] = log_mlflow_run(entry, cfg)
             seconds["write"] = time.perf_counter() - write_start
             seconds["total"] = seconds["plan"] + seconds["score"] + seconds["write"]
-            atomic_write_text(outputs["report"], json.dumps(_json_safe(entry), indent=1), cfg.storage)
+            atomic_write_text(outputs["report"], json.dumps(json_safe(entry), indent=1), cfg.storage)
         except Exception as err:  # an output store that refuses a write fails this slide only
             entry = _entry(sid, uri, "failed", **base, reason=f"writing outputs failed: {type(err).__name__}: {err}",
                            seconds=seconds)
