@@ -1,5 +1,6 @@
 """Slide heatmaps on real Ray Serve over loopback HTTP: a job from submit to its overlay PNG and
-report, the synchronous region grid, and 403/404/413/422 for what a request may not do."""
+report, jobs answered from their stored record after the app is torn down and deployed again, the
+synchronous region grid, and 403/404/413/422 for what a request may not do."""
 
 from __future__ import annotations
 
@@ -53,21 +54,27 @@ def files(tmp_path_factory):
             "output": root / "jobs"}
 
 
-@pytest.fixture(scope="module")
-def client(ray_cluster, files):
-    import httpx
+def _deploy(files) -> None:
     from ray import serve
 
     from medray.serve.app import build_app
     from medray.serve.config import AppArgs
 
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = AppArgs(slides={"model_uri": files["model"], "output_root": str(files["output"]), "predictor_cpus": 0.5,
                            "unit_patches": 256, "overlay_size": 256, "write_tiff": False, "max_region_side": 1024,
                            "max_region_cells": 64},
                    allowed_slide_roots=[str(files["slides"])])
     serve.run(build_app(args), name=APP, route_prefix="/")
+
+
+@pytest.fixture(scope="module")
+def client(ray_cluster, files):
+    import httpx
+    from ray import serve
+
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    _deploy(files)
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as http:
         yield http
     serve.delete(APP)
@@ -113,6 +120,42 @@ def test_job_from_submit_to_overlay_and_report(client, files):
     assert prob_map.shape == (SIZE // PATCH, SIZE // PATCH)
     assert np.isfinite(prob_map).sum() == report["patches"]["scored"]
     assert (files["output"] / job["job_id"] / "tumor_001" / "overlay.png").is_file()
+
+
+@pytest.mark.slow
+def test_jobs_outlive_the_app_through_their_records(client, files):
+    """A finished job still answers (status, links, files) after the app is deleted and deployed
+    again; jobs that were queued or running when it went away are reported interrupted."""
+    from ray import serve
+
+    slide = str(files["slides"] / "tumor_001.tif")
+    done = _wait(client, client.post("/slides/heatmap", json={"slide_uri": slide}).json()["job_id"])
+    assert done["status"] == "succeeded", done
+    record = json.loads((files["output"] / done["job_id"] / "job.json").read_text())
+    assert record["status"] == "succeeded" and record["done"] == record["total"] == done["progress"]["total"]
+    # max_concurrent_jobs=1: the second job runs (or is about to), the third waits queued
+    cut = [client.post("/slides/heatmap", json={"slide_uri": slide, "stride": 32}).json()["job_id"] for _ in range(2)]
+    assert json.loads((files["output"] / cut[1] / "job.json").read_text())["status"] == "queued"
+
+    serve.delete(APP)
+    assert client.get(f"/slides/heatmap/{done['job_id']}").status_code == 404  # no route while the app is gone
+    _deploy(files)
+
+    again = client.get(f"/slides/heatmap/{done['job_id']}")
+    assert again.status_code == 200, again.text
+    body = again.json()
+    for key in ("status", "progress", "links", "outputs", "scores", "submitted_at", "finished_at", "model"):
+        assert body[key] == done[key], key
+    assert again.headers["x-model-version"] == done["model_version"]
+    png = client.get(body["links"]["overlay"])
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    assert client.get(body["links"]["report"]).json()["patches"]["scored"] == body["progress"]["total"]
+    for job_id in cut:
+        gone = client.get(f"/slides/heatmap/{job_id}").json()
+        assert gone["status"] == "interrupted", gone
+        assert "is gone (redeploy, restart or crash)" in gone["reason"] and "Submit the slide again" in gone["reason"]
+        assert client.get(f"/slides/heatmap/{job_id}/overlay.png").status_code == 409
+    assert client.get("/slides/heatmap/0123456789abcdef0123456789abcdef").status_code == 404
 
 
 @pytest.mark.parametrize("uri, match", [

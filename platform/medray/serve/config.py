@@ -55,7 +55,10 @@ class HeatmapArgs(MedrayModel):
     write_tiff: bool = Field(True, description="Also write the pyramidal heatmap TIFF of each job")
     log_mlflow: bool = Field(False, description="Log one MLflow run per job (needs mlflow_tracking_uri)")
     max_concurrent_jobs: int = Field(1, ge=1, description="Jobs scored at once; later ones wait as 'queued'")
-    max_jobs_kept: int = Field(1000, ge=1, description="Finished jobs remembered in memory (oldest forgotten first)")
+    max_jobs_kept: int = Field(1000, ge=1, description="Finished jobs remembered in memory (oldest forgotten "
+                               "first; forgotten ones still answer from their stored job.json)")
+    record_interval_s: float = Field(2.0, ge=0, description="Least time between progress writes of a job's "
+                                     "<output_root>/<job_id>/job.json (state changes are always written)")
     max_region_side: int = Field(8192, ge=64, description="Largest w or h of POST /slides/heatmap/region, level-0 px (413 above)")
     max_region_cells: int = Field(16384, ge=1, description="Most grid cells one region request may score (413 above)")
     max_ongoing_requests: int = Field(32, ge=1, description="Requests the job-manager replica holds at once")

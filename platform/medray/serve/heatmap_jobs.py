@@ -2,8 +2,10 @@
 
 Jobs run in a small thread pool on the replica; ``score_slides`` itself fans the slide out to Ray
 tasks and a model actor pool on the cluster, so the replica only waits and records progress.
-Job state lives in memory (lost when the replica restarts); outputs land under
-``<output_root>/<job_id>/<slide_id>/`` and stay there.
+Outputs land under ``<output_root>/<job_id>/<slide_id>/`` and stay there. Each job's state is held
+in the owning replica's memory and also stored beside its outputs as ``<output_root>/<job_id>/job.json``
+(``heatmap_records``), so a job this replica does not hold (another replica's, or one from before a
+redeploy/restart) is answered from storage, and one whose owner died is reported ``interrupted``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import logging
 import math
 import os
 import threading
@@ -22,9 +25,12 @@ from ray import serve
 
 from medray.config.common import StorageOptions
 from medray.serve.config import HeatmapArgs
+from medray.errors import StorageError
+from medray.serve import heatmap_records as records
 from medray.serve.errors import HttpError, NotFound, PayloadTooLarge
 
-STATES = ("queued", "running", "succeeded", "failed")
+STATES = ("queued", "running", "succeeded", "failed")  # a stored record may also read "interrupted"
+logger = logging.getLogger("medray.serve")
 
 
 class NotReady(HttpError):
@@ -59,7 +65,7 @@ def job_view(job: dict[str, Any], prefix: str) -> dict[str, Any]:
     out["progress"] = {"done": done, "total": total,
                        "fraction": (done / total if total else (1.0 if job["status"] == "succeeded" else 0.0))}
     out["model"] = {"uri": job["model_uri"], "version": job["model_version"]}
-    if job["status"] == "failed":
+    if job["status"] in ("failed", "interrupted"):
         out["reason"] = job.get("reason")
     if job["status"] == "succeeded":
         base = f"{prefix}/{job['job_id']}"
@@ -87,6 +93,8 @@ class HeatmapJobs:
         self.prefix = route_prefix
         self.model = load_model(args.model_uri, self.storage, device=resolve_device(args.device))
         self.jobs: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
+        self.owner = records.current_owner()  # written into each record: who can still finish it
+        self.saved_at: dict[str, float] = {}  # job id → when its record was last written
         self.lock = threading.Lock()
         self.pool = concurrent.futures.ThreadPoolExecutor(args.max_concurrent_jobs, thread_name_prefix="heatmap-job")
         self.region_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="heatmap-region")
@@ -112,7 +120,8 @@ class HeatmapJobs:
         job = {"job_id": job_id, "status": "queued", "slide_uri": slide, "slide_id": slide_id_of(slide),
                "model_uri": self.args.model_uri, "model_version": self.model.version, "options": options,
                "submitted_at": time.time(), "started_at": None, "finished_at": None, "done": 0, "total": 0,
-               "outputs": None}
+               "outputs": None, "owner": self.owner}
+        records.write_record(job, self.args.output_root, self.storage)  # fails the submit if unwritable
         with self.lock:
             self.jobs[job_id] = job
             self._forget_old()
@@ -122,7 +131,21 @@ class HeatmapJobs:
     def _forget_old(self) -> None:
         finished = [k for k, j in self.jobs.items() if j["status"] in ("succeeded", "failed")]
         for key in finished[:max(0, len(self.jobs) - self.args.max_jobs_kept)]:
-            del self.jobs[key]
+            del self.jobs[key]  # its stored record still answers
+            self.saved_at.pop(key, None)
+
+    def _save(self, job: dict[str, Any], force: bool = True) -> None:
+        """Write the job's record (progress: at most every ``record_interval_s``); a storage
+        failure is logged, never fatal to the job, and the next write tries again."""
+        now = time.monotonic()
+        if not force and now - self.saved_at.get(job["job_id"], 0.0) < self.args.record_interval_s:
+            return
+        self.saved_at[job["job_id"]] = now
+        try:
+            records.write_record(job, self.args.output_root, self.storage)
+        except (StorageError, OSError) as err:
+            logger.warning("heatmap job %s: cannot write its record under %s: %s", job["job_id"],
+                           self.args.output_root, err)
 
     def score_config(self, job: dict[str, Any]) -> dict[str, Any]:
         """The ``ScoreConfig`` of one job: the app's settings plus the request's options."""
@@ -144,10 +167,12 @@ class HeatmapJobs:
 
         job = self.jobs[job_id]
         job.update(status="running", started_at=time.time())
+        self._save(job)
 
         def on_event(event: dict[str, Any]) -> None:
             if event.get("event") == "progress":
                 job.update(done=int(event["done"]), total=int(event["total"]))
+                self._save(job, force=False)
 
         try:
             report = score_slides(self.score_config(job), progress_callback=on_event)
@@ -161,21 +186,32 @@ class HeatmapJobs:
         except Exception as err:  # noqa: BLE001 - a job failure is reported, the replica goes on
             job.update(status="failed", reason=f"{type(err).__name__}: {err}")
         job["finished_at"] = time.time()
+        self._save(job)
 
-    def _job(self, job_id: str) -> dict[str, Any]:
+    async def _job(self, job_id: str) -> dict[str, Any]:
+        """This replica's job, else its stored record (settled: a dead owner → ``interrupted``)."""
         job = self.jobs.get(job_id)
+        if job is not None:
+            return job
+
+        def stored() -> dict[str, Any] | None:
+            record = records.read_record(self.args.output_root, job_id, self.storage)
+            return None if record is None else records.settle(record, records.replica_alive)
+
+        job = await asyncio.get_running_loop().run_in_executor(None, stored)
         if job is None:
-            raise NotFound(f"no heatmap job {job_id!r} (unknown, or forgotten after a replica restart)")
+            raise NotFound(f"no heatmap job {job_id!r}: no replica holds it and there is no record "
+                           f"{records.RECORD_FILE} for it under output_root")
         return job
 
     async def status(self, job_id: str) -> dict[str, Any]:
-        return job_view(self._job(job_id), self.prefix)
+        return job_view(await self._job(job_id), self.prefix)
 
     async def output(self, job_id: str, key: str) -> tuple[bytes, str]:
         """(bytes, model version) of a finished job's ``overlay``, ``map`` or ``report`` file."""
         from medray.storage import read_bytes
 
-        job = self._job(job_id)
+        job = await self._job(job_id)
         if job["status"] != "succeeded":
             raise NotReady(f"heatmap job {job_id} is {job['status']}; its {key} exists once it has succeeded")
         data = await asyncio.get_running_loop().run_in_executor(
