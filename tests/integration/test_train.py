@@ -72,7 +72,7 @@ def recovered(ray_cluster, patches, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("recovered")
     mlflow_uri = f"sqlite:///{root}/mlflow.db"
-    cfg = _config(patches, root / "out", epochs=2, fail_at_epoch=2, max_failures=1, track=True,
+    cfg = _config(patches, root / "out", epochs=2, inject_failure={"epoch": 2}, max_failures=1, track=True,
                   augment={"enabled": True}, mlflow={"tracking_uri": mlflow_uri},
                   registered_model_name="patches-smallcnn")
     return {"cfg": cfg, "summary": train(cfg), "out": root / "out", "mlflow_uri": mlflow_uri}
@@ -80,7 +80,8 @@ def recovered(ray_cluster, patches, tmp_path_factory):
 
 def test_failed_worker_resumes_from_checkpoint_and_learns(recovered):
     summary, out = recovered["summary"], recovered["out"]
-    assert (out / "_failure_injected").read_text() == "failed at epoch 2\n"  # the failure really happened
+    marker = (out / "_failure_injected").read_text()  # the failure really happened
+    assert marker.startswith("raise rank 0 pid ") and marker.endswith(" at epoch 2\n")
     assert [h["epoch"] for h in summary["history"]] == [1, 2]  # each epoch once: not restarted
     assert summary["history"][-1]["start_epoch"] == 1  # the new worker group began after epoch 1
     assert summary["metrics"]["roc_auc"] > 0.9
@@ -139,6 +140,34 @@ def test_rerun_is_refused_and_cli_resume_continues(recovered, patches):
     assert [m.step for m in client.get_metric_history(resumed["mlflow_run_id"], "val_roc_auc")] == [1, 2, 3]
 
 
+# ---- balanced sampling through the real trainer, on imbalanced data ----
+
+def test_balanced_sampling_balances_the_training_stream(ray_cluster, tmp_path):
+    """1 tumor : 4 normal patches; ``balanced_sampling`` repeats tumor rows 4x, so the worker really
+    trains on as many tumor as normal examples each epoch, and MLflow holds both sets of counts."""
+    from mlflow.tracking import MlflowClient
+
+    from medray.train.trainer import train
+
+    data = str(tmp_path / "imbalanced")
+    write_patch_dataset(data, num_groups=3, per_class=20, size=16, seed=2, tumor_fraction=0.2)
+    mlflow_uri = f"sqlite:///{tmp_path}/mlflow.db"
+    summary = train(_config(data, tmp_path / "out", epochs=1, preprocessing={"size": 16},
+                            imbalance="balanced_sampling", track=True, mlflow={"tracking_uri": mlflow_uri}))
+    (epoch,) = summary["history"]
+    # 2 training slides x (32 normal + 8 tumor); the tumor rows 4x
+    assert (epoch["train_examples_normal"], epoch["train_examples_tumor"]) == (64, 64)
+    assert epoch["train_examples"] == 128
+    assert summary["train_stream_counts"] == {"normal": 64, "tumor": 64}
+
+    client = MlflowClient(tracking_uri=mlflow_uri)
+    run = client.get_run(summary["mlflow_run_id"])
+    params = run.data.params
+    assert (params["data.train.n_normal"], params["data.train.n_tumor"]) == ("64", "16")  # the split
+    assert (params["data.train_stream.n_normal"], params["data.train_stream.n_tumor"]) == ("64", "64")
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "train_examples_tumor")] == [64]
+
+
 # ---- false-positive oversampling (its first round doubles as the reproducibility reference) ----
 
 @pytest.fixture(scope="module")
@@ -167,22 +196,42 @@ def test_same_seed_same_val_metrics(recovered, fp_run):
     The recovery run and the FP run share every setting that shapes epoch 1 (their later epochs differ).
     """
     first, other = recovered["summary"]["history"][0], fp_run["history"][0]
-    keys = [k for k in first if k.startswith(("val_", "train_")) or k == "threshold"]
+    timing = {"epoch_seconds", "train_images_per_s"}
+    keys = [k for k in first if k.startswith(("val_", "train_")) and k not in timing or k == "threshold"]
     assert "val_roc_auc" in keys and "train_loss" in keys
     assert {k: other[k] for k in keys} == {k: first[k] for k in keys}
 
 
-# ---- two DDP workers (gloo), checkpoints + bundle on the loopback S3 bucket ----
+# ---- two DDP workers (gloo), checkpoints + bundle on the loopback S3 bucket; one worker is killed ----
 
-def test_two_workers_ddp_with_s3_output(ray_cluster, patches, s3_bucket, s3_options):
+def _alive(pid: int) -> bool:
+    """Whether a process runs (a zombie, dead but not yet reaped, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_two_workers_ddp_with_s3_output_survive_a_killed_worker(ray_cluster, patches, s3_bucket, s3_options):
+    """Rank 0 (the one writing checkpoints) SIGKILLs itself at the start of epoch 2: no exception,
+    Ray Train sees a dead actor (a WorkerGroupError, counted against ``max_failures``), starts a new
+    group of 2 workers, and that group resumes from epoch 1's checkpoint on S3."""
     from medray.models.bundle import load_model
-    from medray.storage import exists, join_uri, list_files
+    from medray.storage import exists, join_uri, list_files, read_text
     from medray.train.trainer import train
 
     output = join_uri(s3_bucket, "runs", "ddp")
-    summary = train(_config(patches, output, epochs=2, storage=s3_options.model_dump(),
-                            scaling={"num_workers": 2, "cpus_per_worker": 0.5}))
-    assert summary["history"][-1]["train_examples"] == 120  # each worker saw half of the 240 patches
+    summary = train(_config(patches, output, epochs=2, storage=s3_options.model_dump(), max_failures=1,
+                            scaling={"num_workers": 2, "cpus_per_worker": 0.5},
+                            inject_failure={"epoch": 2, "mode": "kill", "rank": 0}))
+    mode, _, rank, _, pid, *_ = read_text(join_uri(output, "_failure_injected"), s3_options).split()
+    assert (mode, rank) == ("kill", "0")
+    assert not _alive(int(pid))  # the worker process itself is gone, not an exception caught in it
+    history = summary["history"]
+    assert [h["epoch"] for h in history] == [1, 2]  # each epoch once: nothing repeated or skipped
+    assert [h["start_epoch"] for h in history] == [0, 1]  # the new group began after epoch 1
+    assert [h["train_examples"] for h in history] == [120, 120]  # each worker saw half of the 240 patches
     assert summary["metrics"]["roc_auc"] > 0.9
     checkpoints = list_files(join_uri(output, "checkpoints", "run"), s3_options)
     assert any(uri.endswith("epoch-0002/state.pt") for uri in checkpoints)

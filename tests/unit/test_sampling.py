@@ -3,6 +3,7 @@
 import numpy as np
 
 from medray.train.sampling import (
+    balance_plan,
     balance_repeats,
     class_weights,
     positive_index,
@@ -57,3 +58,8 @@ def test_repeat_rows_by_class_balances_minority():
     table = pa.table({"label_name": ["normal", "tumor", "normal", "normal"], "source": ["a", "b", "c", "d"]})
     out = repeat_rows_by_class(table, dict(zip(["normal", "tumor"], balance_repeats([3, 1]).tolist())))
     assert out.column("source").to_pylist() == ["a", "b", "b", "b", "c", "d"]
+
+
+def test_balance_plan_by_class_name():
+    assert balance_plan({"normal": 64, "tumor": 16}) == {"normal": 1, "tumor": 4}
+    assert balance_plan({"a": 10, "b": 0, "c": 25}) == {"a": 2, "b": 1, "c": 1}  # round(2.5) = 2

@@ -59,6 +59,23 @@ class ScalingOptions(MedrayModel):
     gpus_per_worker: float = Field(1.0, ge=0, description="GPUs per worker when use_gpu")
 
 
+class FailureInjection(MedrayModel):
+    """Testing only: make one worker fail once, to exercise recovery from the last checkpoint.
+
+    Leave ``epoch`` unset in real runs. The failure fires at the start of ``epoch`` on worker
+    ``rank``, the first time only: a marker file ``<output>/_failure_injected`` keeps the restarted
+    worker group from failing again. ``raise`` throws an exception in the training loop (Ray Train
+    sees a user error); ``kill`` SIGKILLs the worker process (Ray Train sees a dead actor, as after
+    an out-of-memory kill or a lost node). Both count against ``max_failures``.
+    """
+
+    epoch: int | None = Field(None, ge=1, description="Testing only: fail once at the start of this epoch "
+                                                      "(unset = never)")
+    mode: Literal["raise", "kill"] = Field("raise", description="raise: an exception in the loop; kill: "
+                                                                "SIGKILL the worker process")
+    rank: int = Field(0, ge=0, description="World rank of the worker that fails")
+
+
 class TrainConfig(MedrayModel):
     """Train a patch/image classifier on a medray dataset with Ray Train (or a linear head on features)."""
 
@@ -90,11 +107,14 @@ class TrainConfig(MedrayModel):
     num_threads: int | None = Field(None, ge=1, description="torch threads per worker (default: torch's)")
     storage: StorageOptions = Field(default_factory=StorageOptions, description="Object storage access")
     ray: RayOptions = Field(default_factory=RayOptions, description="Ray cluster to use")
-    fail_at_epoch: int | None = Field(None, ge=1, description="Testing only: raise once at the start of "
-                                                               "this epoch to exercise recovery")
+    inject_failure: FailureInjection = Field(default_factory=FailureInjection,
+                                             description="Testing only: one injected worker failure")
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
         if len(self.preprocessing.mean) != len(self.preprocessing.std):
             raise ValueError("preprocessing.mean and preprocessing.std need the same length")
+        if self.inject_failure.rank >= self.scaling.num_workers:
+            raise ValueError(f"inject_failure.rank {self.inject_failure.rank} is not a worker rank: "
+                             f"scaling.num_workers is {self.scaling.num_workers}")
         return self

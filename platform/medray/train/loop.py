@@ -1,8 +1,10 @@
 """The per-worker training loop run by Ray Train: stream the shard, DDP step, validate, checkpoint.
 
-Every epoch ends with ``ray.train.report``: rank 0 attaches a checkpoint (unwrapped state dict,
-optimizer, epoch, validation scores); a restarted worker group resumes from
-``ray.train.get_checkpoint()`` instead of starting over.
+Every epoch ends with ``ray.train.report``: each worker reports what its own training pass saw
+and how fast (``train_examples``, ``train_examples_<class>``, ``epoch_seconds``,
+``train_images_per_s``: the pass over its shard, without validation or checkpointing); rank 0
+attaches a checkpoint (unwrapped state dict, optimizer, epoch, validation scores, history); a
+restarted worker group resumes from ``ray.train.get_checkpoint()`` instead of starting over.
 """
 
 from __future__ import annotations
@@ -10,7 +12,10 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
+import signal
 import tempfile
+import time
 from typing import Any
 
 import numpy as np
@@ -73,14 +78,40 @@ def predict_scores(model: nn.Module, batches, device, amp_dtype=None) -> tuple[n
     return np.concatenate(probs), np.concatenate(labels)
 
 
-def _fail_once(cfg, epoch: int) -> None:
-    """Testing hook: raise at the start of ``cfg.fail_at_epoch`` the first time only (marker file)."""
+FAILURE_MARKER = "_failure_injected"
+
+
+def inject_failure(cfg, epoch: int, rank: int) -> None:
+    """Testing hook (``cfg.inject_failure``): fail once at the start of ``epoch`` (0-based) on one rank.
+
+    A marker file under the output is written first, so the restarted worker group does not fail
+    again. ``kill`` first waits until the controller has collected this worker's last report (else
+    the crash would also lose the epoch's checkpoint registration, a different scenario), then
+    SIGKILLs the process: no exception, no cleanup, Ray Train only sees the actor die.
+    """
     from medray.storage import atomic_write_text, exists, join_uri
 
-    marker = join_uri(cfg.output, "_failure_injected")
-    if cfg.fail_at_epoch == epoch + 1 and not exists(marker, cfg.storage):
-        atomic_write_text(marker, f"failed at epoch {epoch + 1}\n", cfg.storage)
-        raise RuntimeError(f"injected failure at epoch {epoch + 1} (fail_at_epoch)")
+    hook = cfg.inject_failure
+    marker = join_uri(cfg.output, FAILURE_MARKER)
+    if hook.epoch != epoch + 1 or hook.rank != rank or exists(marker, cfg.storage):
+        return
+    atomic_write_text(marker, f"{hook.mode} rank {rank} pid {os.getpid()} at epoch {epoch + 1}\n", cfg.storage)
+    if hook.mode == "raise":
+        raise RuntimeError(f"injected failure at epoch {epoch + 1} (inject_failure)")
+    if epoch > 0:
+        _wait_report_collected()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _wait_report_collected(timeout_s: float = 60.0) -> None:
+    """Block until the Ray Train controller has polled this worker's pending report (Ray internals)."""
+    from ray.train.v2._internal.execution.context import get_train_context
+
+    reports = get_train_context().execution_context.result_queue
+    deadline = time.monotonic() + timeout_s
+    while reports.unfinished_tasks and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # let the poll's reply (carrying the report) reach the controller
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -127,14 +158,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     val_shard = ray.train.get_dataset_shard("val")
     positive = 1 if len(classes) == 2 else None
     for epoch in range(start_epoch, total_epochs):
-        if cfg.fail_at_epoch is not None:
-            _fail_once(cfg, epoch)
+        if cfg.inject_failure.epoch is not None:
+            inject_failure(cfg, epoch, rank)
         model.train()
         total, seen = 0.0, 0
+        per_class = torch.zeros(len(classes), dtype=torch.int64)
+        started = time.perf_counter()
         # seeded local shuffle: mixes classes within batches, same order for the same seed and epoch
         for x, y in train_shard.iter_torch_batches(batch_size=cfg.batch_size, collate_fn=collate,
                                                    local_shuffle_buffer_size=SHUFFLE_BATCHES * cfg.batch_size,
                                                    local_shuffle_seed=cfg.seed * 1000 + epoch):
+            per_class += torch.bincount(y, minlength=len(classes))
             x, y = x.to(device), y.to(device)
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
@@ -148,8 +182,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 optimizer.step()
             total += float(loss.detach()) * len(y)
             seen += len(y)
+        seconds = time.perf_counter() - started  # the training pass only (no validation/checkpoint)
         metrics: dict[str, Any] = {"epoch": epoch + 1, "round": round_index, "start_epoch": start_epoch,
-                                   "train_loss": total / max(seen, 1), "train_examples": seen, "rank": rank}
+                                   "train_loss": total / max(seen, 1), "train_examples": seen, "rank": rank,
+                                   "epoch_seconds": seconds, "train_images_per_s": seen / max(seconds, 1e-9)}
+        metrics.update({f"train_examples_{metric_key(name)}": int(n) for name, n in zip(classes, per_class)})
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:
@@ -183,6 +220,11 @@ class ToTensorCollate(NumpyBatchCollateFn):
         from medray.models.preprocess import to_tensor
 
         return to_tensor(batch["image"], self.prep).contiguous(), torch.as_tensor(batch["label"])
+
+
+def metric_key(name: str) -> str:
+    """A class name as part of a metric key (MLflow allows letters, digits and ``_-. /:``)."""
+    return re.sub(r"[^\w\-. /:]", "_", str(name))
 
 
 def _is_number(value: Any) -> bool:

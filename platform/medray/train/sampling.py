@@ -55,11 +55,15 @@ def repeat_rows_by_class(batch, label_repeats: dict[str, int]):
     return batch.take(take)
 
 
+def balance_plan(class_counts: dict[str, int]) -> dict[str, int]:
+    """Repeat factor per class name (``balance_repeats`` keyed by name)."""
+    names = list(class_counts)
+    return {n: int(r) for n, r in zip(names, balance_repeats([class_counts[n] for n in names]))}
+
+
 def balanced_dataset(ds, class_counts: dict[str, int]):
     """Repeat minority-class rows so classes appear about equally often in each epoch."""
-    names = list(class_counts)
-    repeats = balance_repeats([class_counts[n] for n in names])
-    label_repeats = {n: int(r) for n, r in zip(names, repeats)}
+    label_repeats = balance_plan(class_counts)
     if all(r == 1 for r in label_repeats.values()):
         return ds
     return ds.map_batches(repeat_rows_by_class, batch_format="pyarrow", fn_kwargs={"label_repeats": label_repeats})

@@ -81,8 +81,14 @@ def _loop_entry(loop_config):
     train_loop_per_worker(loop_config)
 
 
-def _start_mlflow(cfg: TrainConfig, data, resume: bool) -> tuple[str | None, str | None]:
-    """Open (or, on resume, reopen) the MLflow run; log params + lineage once. Returns (run_id, uri)."""
+def _start_mlflow(cfg: TrainConfig, data, resume: bool,
+                  stream_counts: dict[str, int] | None = None) -> tuple[str | None, str | None]:
+    """Open (or, on resume, reopen) the MLflow run; log params + lineage once. Returns (run_id, uri).
+
+    ``stream_counts``: examples per class in one training epoch after balancing (before FP rows),
+    logged as ``data.train_stream.n_<class>`` beside the split's own ``data.train.n_<class>``
+    (default: the split's counts).
+    """
     import mlflow
 
     from medray.train import tracking
@@ -90,12 +96,15 @@ def _start_mlflow(cfg: TrainConfig, data, resume: bool) -> tuple[str | None, str
     tracking.configure(cfg.mlflow)
     uri = mlflow.get_tracking_uri()
     marker = join_uri(cfg.output, "mlflow_run.json")
+    stream_counts = dict(data.counts["train"]) if stream_counts is None else stream_counts
     if resume and exists(marker, cfg.storage):
         run_id = json.loads(read_text(marker, cfg.storage))["run_id"]
         return run_id, uri
     with mlflow.start_run() as run:
         tracking.log_params_flat(cfg)
-        tracking.log_lineage(data.info, {"train": data.train_groups, "val": data.val_groups}, data.counts)
+        tracking.log_lineage(data.info, {"train": data.train_groups, "val": data.val_groups},
+                             {**data.counts, "train_stream": stream_counts})
+        tracking.log_params_flat({f"data.train_stream.n_{c}": str(n) for c, n in stream_counts.items()})
         mlflow.set_tag("medray.code_version", tracking.code_version())
     atomic_write_text(marker, json.dumps({"run_id": run.info.run_id, "tracking_uri": uri}), cfg.storage)
     return run.info.run_id, uri
@@ -131,12 +140,15 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     classes = data.classes
     check_model(cfg, classes)
     config_uri = write_resolved_config(cfg, cfg.output, cfg.storage)
-    run_id, tracking_uri = _start_mlflow(cfg, data, resume) if _mlflow_on(cfg) else (None, None)
-
     counts = [data.counts["train"][c] for c in classes]
     base_train = data.train
+    repeats = dict.fromkeys(classes, 1)
     if cfg.imbalance == "balanced_sampling":
+        repeats = sampling.balance_plan(data.counts["train"])
         base_train = sampling.balanced_dataset(base_train, data.counts["train"])
+    stream_counts = {c: data.counts["train"][c] * repeats[c] for c in classes}
+    run_id, tracking_uri = (_start_mlflow(cfg, data, resume, stream_counts) if _mlflow_on(cfg)
+                            else (None, None))
     weights = sampling.class_weights(counts).tolist() if cfg.imbalance == "class_weights" else None
     val_ds = decoded(data.val, cfg, classes, train=False)
     if cfg.cache_val:
@@ -160,7 +172,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
                 _log_round(tracking_uri, run_id, round_counts)
             if rows is not None:
                 extra_rows = rows if extra_rows is None else extra_rows.union(rows)
-    return publish(cfg, result, classes, data, run_id, fp_rounds, config_uri)
+    return publish(cfg, result, classes, data, run_id, fp_rounds, config_uri,
+                   extra={"train_stream_counts": stream_counts})
 
 
 def _mlflow_on(cfg: TrainConfig) -> bool:
@@ -177,7 +190,8 @@ def _log_round(tracking_uri: str, run_id: str, counts: dict[str, int]) -> None:
 
 
 def publish(cfg: TrainConfig, result, classes: list[str], data, run_id: str | None,
-            fp_rounds: list[dict[str, int]], config_uri: str) -> dict[str, Any]:
+            fp_rounds: list[dict[str, int]], config_uri: str,
+            extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Final model → bundle under the output, plots, MLflow model (+ registry); summary dict."""
     import torch
 
@@ -193,7 +207,7 @@ def publish(cfg: TrainConfig, result, classes: list[str], data, run_id: str | No
     history = state.get("history", [])
     return finish(cfg, model, spec, prep, classes, probs, labels, float(state["threshold"]), run_id,
                   history=history, fp_rounds=fp_rounds, config_uri=config_uri,
-                  extra={"checkpoint": result.checkpoint.path})
+                  extra={"checkpoint": result.checkpoint.path, **(extra or {})})
 
 
 def finish(cfg: TrainConfig, model, spec, prep, classes, probs, labels, threshold: float, run_id: str | None,
