@@ -26,12 +26,16 @@ BRIEF_SIZE = 40_000
 
 
 def bare_rate(model, batch_size: int, size: int, threads: int, seconds: float = 8.0) -> float:
-    """Patches/s of ``predict_proba`` on random in-memory uint8 batches (after one warm-up batch)."""
+    """Patches/s of ``predict_proba`` on random in-memory uint8 batches (after warm-up batches).
+
+    ``predict_proba`` returns host arrays, so GPU work is finished when it returns.
+    """
     import torch
 
     torch.set_num_threads(threads)
     batch = np.random.default_rng(0).integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8)
-    model.predict_proba(batch, batch_size)
+    for _ in range(3):
+        model.predict_proba(batch, batch_size)
     done, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         model.predict_proba(batch, batch_size)
@@ -42,11 +46,15 @@ def bare_rate(model, batch_size: int, size: int, threads: int, seconds: float = 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=16384, help=f"slide side in px (brief: {BRIEF_SIZE})")
-    parser.add_argument("--model", default="resnet18", choices=["resnet18", "smallcnn"])
+    parser.add_argument("--model", default="resnet18", choices=["resnet18", "resnet50", "densenet121", "smallcnn"])
     parser.add_argument("--patch", type=int, default=128, help="patch side at level 0 (= model input)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--cpus", type=int, default=None, help="CPUs of the local Ray cluster (default: all)")
     parser.add_argument("--workdir", default=None, help="reuse generated data here (default: a temp dir)")
+    parser.add_argument("--gpu", action="store_true", help="model actors on the GPU (one actor, one GPU)")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                        help="GPU inference precision (auto: bf16 on a GPU)")
+    parser.add_argument("--predictors", type=int, default=None, help="model actors (default: CPUs/2, or 1 on --gpu)")
     args = parser.parse_args()
     if args.size < BRIEF_SIZE:
         print(f"note: slide {args.size}×{args.size} px (the brief's {BRIEF_SIZE} px takes minutes to generate "
@@ -75,21 +83,24 @@ def main() -> None:
                          ["normal", "tumor"], prep, threshold=0.5)
 
     predictor_cpus = 1
-    bare = bare_rate(load_model(bundle), args.batch_size, args.patch, predictor_cpus)
-    print(f"bare model ({args.model}, {args.patch} px, batch {args.batch_size}, {predictor_cpus} thread): "
-          f"{bare:.1f} patches/s")
+    device = "cuda" if args.gpu else "cpu"
+    bare = bare_rate(load_model(bundle, device=device, precision=args.precision), args.batch_size, args.patch,
+                     predictor_cpus)
+    print(f"bare model ({args.model}, {args.patch} px, batch {args.batch_size}, {device}, precision "
+          f"{args.precision}, {predictor_cpus} thread): {bare:.1f} patches/s")
 
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    predictors = args.predictors or (1 if args.gpu else max(1, int(ray.cluster_resources()["CPU"]) // 2))
     cfg = ScoreConfig(slides=[str(slide)], model=bundle, output=str(work / "scores"), batch_size=args.batch_size,
-                      predictors=max(1, int(ray.cluster_resources()["CPU"]) // 2), predictor_cpus=predictor_cpus,
-                      log_mlflow=False, progress=True, evaluate=False)
+                      predictors=predictors, predictor_cpus=predictor_cpus, num_gpus=1.0 / predictors if args.gpu else 0,
+                      precision=args.precision, log_mlflow=False, progress=True, evaluate=False)
     report = score_slides(cfg)
     entry = report["slides"][0]
     if entry["status"] != "ok":
         raise SystemExit(f"scoring failed: {entry['reason']}")
     p = entry["patches"]
     job_rate = p["scored"] / report["seconds"]
-    bare_total = bare * cfg.predictors
+    bare_total = bare if args.gpu else bare * cfg.predictors  # actors share the one GPU
     print(f"slide {entry['slide_id']}: wall {report['seconds']:.1f} s (plan {entry['seconds']['plan']:.1f} s, "
           f"score {entry['seconds']['score']:.1f} s, write {entry['seconds']['write']:.1f} s)")
     print(f"cells {p['total_cells']}: scored {p['scored']}, background {p['background']} "

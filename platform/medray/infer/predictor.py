@@ -37,14 +37,14 @@ class Predictor:
     """Loads ``model_uri`` once (on ``device``) and maps patch batches to probabilities."""
 
     def __init__(self, model_uri: str, storage: Any = None, device: str = "cpu", positive_class: str | None = None,
-                 tracking_uri: str | None = None, batch_size: int = 64) -> None:
+                 tracking_uri: str | None = None, batch_size: int = 64, precision: str = "auto") -> None:
         from medray.models.bundle import load_model
 
         if tracking_uri:
             import mlflow
 
             mlflow.set_tracking_uri(tracking_uri)
-        self.model = load_model(model_uri, storage, device=device)
+        self.model = load_model(model_uri, storage, device=device, precision=precision)
         self.index = positive_index(self.model.classes, positive_class)
         self.batch_size = batch_size
 

@@ -437,6 +437,7 @@ def score_slides(config: ScoreConfig | dict, progress_callback: ProgressCallback
                             num_cpus=cfg.predictor_cpus, num_gpus=cfg.num_gpus or None,
                             fn_constructor_kwargs={"model_uri": cfg.model, "storage": cfg.storage,
                                                    "device": resolve_device(cfg.device, cfg.num_gpus),
+                                                   "precision": cfg.precision,
                                                    "positive_class": cfg.positive_class,
                                                    "tracking_uri": tracking_uri, "batch_size": cfg.batch_size})
         with tqdm(total=total, desc="score", unit="patch", disable=not cfg.progress) as bar:

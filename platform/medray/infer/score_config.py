@@ -53,5 +53,7 @@ class ScoreConfig(MedrayModel):
     mlflow: MlflowOptions = Field(default_factory=MlflowOptions, description="MLflow tracking store")
     progress: bool = Field(True, description="Show a tqdm progress bar over patches")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Model device in the actors (auto: cuda when num_gpus > 0)")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="GPU inference precision (auto: bf16 autocast on a GPU; the CPU always runs fp32)")
     storage: StorageOptions = Field(default_factory=StorageOptions, description="Object storage access")
     ray: RayOptions = Field(default_factory=RayOptions, description="Ray cluster to run on")

@@ -21,11 +21,22 @@ from torch import nn
 import medray
 from medray.config.common import StorageOptions
 from medray.errors import MedrayError, ModelError
-from medray.models.preprocess import Preprocessing, to_tensor
+from medray.models.preprocess import Preprocessing, to_device_tensor
 from medray.models.registry import ModelSpec, build_model
 from medray.models.weights import BUNDLE_META, BUNDLE_WEIGHTS, extract_state_dict, is_mlflow_uri
 
 BUNDLE_FORMAT = 1
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``: bf16 autocast on a GPU (tensor cores), exact fp32 on the CPU; else as asked."""
+    if precision not in PRECISIONS:
+        raise ModelError(f"precision {precision!r} is not one of {list(PRECISIONS)}")
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -79,10 +90,15 @@ class LoadedModel:
         self.uri = uri
         self.version = str(version)
         self.device = torch.device("cpu")
+        self.precision = "fp32"
 
-    def to(self, device: str | torch.device) -> "LoadedModel":
+    def to(self, device: str | torch.device, precision: str = "auto") -> "LoadedModel":
+        """Move to ``device``; on a GPU, 2D models go channels-last and run under ``precision`` autocast."""
         self.device = torch.device(device)
+        self.precision = resolve_precision(precision, self.device)
         self.model.to(self.device)
+        if self.device.type == "cuda" and self.preprocessing.spatial_dims == 2:
+            self.model.to(memory_format=torch.channels_last)
         return self
 
     def predict_proba(self, batch: np.ndarray, batch_size: int = 64) -> np.ndarray:
@@ -94,8 +110,11 @@ class LoadedModel:
                 chunk = arr[start:start + batch_size]
                 if len(chunk) == 0:
                     break
-                x = to_tensor(chunk, self.preprocessing).to(self.device, non_blocking=True)
-                out.append(torch.softmax(self.model(x).float(), dim=1).cpu().numpy())
+                x = to_device_tensor(chunk, self.preprocessing, self.device)
+                amp = _AMP_DTYPES.get(self.precision)
+                with torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
+                    logits = self.model(x)
+                out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
         if not out:
             return np.zeros((0, len(self.classes)), np.float32)
         return np.concatenate(out)
@@ -172,8 +191,12 @@ def _load_mlflow(uri: str) -> LoadedModel:
     return LoadedModel(_build(meta, extract_state_dict(module, uri), uri), meta, uri, version)
 
 
-def load_model(uri: str, storage: StorageOptions | None = None, device: str = "cpu") -> LoadedModel:
-    """Load a bundle folder (local or s3://), ``models:/name/version|@alias`` or ``runs:/id/name``."""
+def load_model(uri: str, storage: StorageOptions | None = None, device: str = "cpu",
+               precision: str = "auto") -> LoadedModel:
+    """Load a bundle folder (local or s3://), ``models:/name/version|@alias`` or ``runs:/id/name``.
+
+    ``precision`` applies on a GPU only (``auto`` = bf16 autocast there); the CPU always runs fp32.
+    """
     uri = str(uri)
     loaded = _load_mlflow(uri) if is_mlflow_uri(uri) else _load_bundle_dir(uri, storage)
-    return loaded.to(device)
+    return loaded.to(device, precision)

@@ -62,27 +62,50 @@ def _affine(prep: Preprocessing, ndim: int) -> tuple[np.ndarray, np.ndarray]:
     return a.reshape(shape), b.reshape(shape)
 
 
+def _channels_first(arr: np.ndarray, prep: Preprocessing) -> np.ndarray:
+    """A view of ``arr`` in NC[D]HW (no copy): NHWC is transposed, a missing channel axis added."""
+    if prep.spatial_dims == 2:
+        if arr.ndim == 3 and prep.channels == 1:
+            return arr[:, None]
+        if arr.ndim == 4 and arr.shape[-1] == prep.channels:
+            return arr.transpose(0, 3, 1, 2)
+        raise DataError(f"expected a batch of shape (N, H, W, {prep.channels})"
+                        f"{' or (N, H, W)' if prep.channels == 1 else ''}, got {arr.shape}")
+    if arr.ndim == 4 and prep.channels == 1:
+        return arr[:, None]
+    if arr.ndim == 5 and arr.shape[1] == prep.channels:
+        return arr
+    raise DataError(f"expected a batch of shape (N, {prep.channels}, D, H, W), got {arr.shape}")
+
+
 def to_tensor(batch: np.ndarray, prep: Preprocessing) -> torch.Tensor:
     """Raw pixels → normalized float32 contiguous tensor in NC[D]HW.
 
     2D: NHWC or NHW (grey) → NCHW. 3D: NCDHW (or NDHW for one channel) passed through.
     """
-    arr = np.asarray(batch)
-    if prep.spatial_dims == 2:
-        if arr.ndim == 3 and prep.channels == 1:
-            arr = arr[:, None]
-        elif arr.ndim == 4 and arr.shape[-1] == prep.channels:
-            arr = arr.transpose(0, 3, 1, 2)
-        else:
-            raise DataError(f"expected a batch of shape (N, H, W, {prep.channels})"
-                            f"{' or (N, H, W)' if prep.channels == 1 else ''}, got {arr.shape}")
-    else:
-        if arr.ndim == 4 and prep.channels == 1:
-            arr = arr[:, None]
-        elif not (arr.ndim == 5 and arr.shape[1] == prep.channels):
-            raise DataError(f"expected a batch of shape (N, {prep.channels}, D, H, W), got {arr.shape}")
+    arr = _channels_first(np.asarray(batch), prep)
     a, b = _affine(prep, arr.ndim)
     out = np.empty(arr.shape, np.float32)
     np.multiply(arr, a, out=out, casting="unsafe")
     out += b
     return torch.from_numpy(out)
+
+
+def to_device_tensor(batch: np.ndarray, prep: Preprocessing, device: torch.device | str) -> torch.Tensor:
+    """``to_tensor`` with the float conversion done on ``device``: raw pixels (uint8) cross to a GPU,
+    4× fewer bytes than float32, and NHWC input stays channels-last in memory (what cuDNN prefers).
+
+    Same arithmetic as ``to_tensor`` (float32 ``x * a + b``); on the CPU it is ``to_tensor``.
+    """
+    device = torch.device(device)
+    if device.type == "cpu":
+        return to_tensor(batch, prep)
+    arr = np.asarray(batch)
+    view = _channels_first(arr, prep)  # validates the shape; the transpose is redone on the device
+    raw = torch.from_numpy(np.ascontiguousarray(arr)).to(device, non_blocking=True)
+    if view.ndim == arr.ndim + 1:
+        raw = raw.unsqueeze(1)
+    elif prep.spatial_dims == 2:
+        raw = raw.permute(0, 3, 1, 2)
+    a, b = _affine(prep, raw.ndim)
+    return raw.float() * torch.from_numpy(a).to(device) + torch.from_numpy(b).to(device)
