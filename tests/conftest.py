@@ -79,7 +79,8 @@ def ray_cluster():
 
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT / "platform")}},
+                 runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
+                     p for p in (str(REPO_ROOT / "platform"), os.environ.get("PYTHONPATH")) if p)}},
                  ignore_reinit_error=True)
     yield ray
     ray.shutdown()
