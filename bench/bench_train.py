@@ -38,7 +38,10 @@ def plain_loop(images, labels, cfg) -> list[tuple[int, float]]:
 
     torch.set_num_threads(cfg.num_threads)
     seed_everything(cfg.seed)
-    model = build_model(cfg.model)
+    device = torch.device("cuda" if cfg.scaling.use_gpu else "cpu")
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision) if device.type == "cuda" else None
+    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
+    model = build_model(cfg.model).to(device)
     opt = build_optimizer(model.parameters(), cfg.optimizer)
     loss_fn = torch.nn.CrossEntropyLoss()
     prep = make_preprocessing(cfg)
@@ -50,11 +53,20 @@ def plain_loop(images, labels, cfg) -> list[tuple[int, float]]:
         order = rng.permutation(len(images))
         for i in range(0, len(order), cfg.batch_size):
             take = order[i:i + cfg.batch_size]
-            x = to_tensor(images[take], prep).contiguous()
-            y = torch.as_tensor(labels[take])
+            x = to_tensor(images[take], prep).contiguous().to(device)
+            y = torch.as_tensor(labels[take]).to(device)
             opt.zero_grad(set_to_none=True)
-            loss_fn(model(x), y).backward()
-            opt.step()
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                loss = loss_fn(model(x), y)
+            if scaler is not None:  # the same step as the Ray Train loop's
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         epochs.append((len(order), time.perf_counter() - start))
     return epochs
 
@@ -97,6 +109,8 @@ def main() -> None:
     parser.add_argument("--model", default="smallcnn")
     parser.add_argument("--epochs", type=int, default=4, help="epochs; the first one is not timed")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--gpu", action="store_true", help="both loops on the GPU (mixed precision as the "
+                        "config's default, bf16); the 2-worker run needs 2 GPUs and is skipped with fewer")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="torch threads: the plain loop's, split evenly over the Ray workers")
     args = parser.parse_args()
@@ -117,9 +131,9 @@ def main() -> None:
         "dataset": tmp, "model": {"name": args.model}, "preprocessing": {"size": args.size},
         "epochs": args.epochs, "batch_size": args.batch_size, "augment": {"enabled": False},
         "max_failures": 0, "track": False, "num_threads": args.threads,
-        "scaling": {"cpus_per_worker": 0.5}})  # fractional: whole CPUs for 2 workers on 2 cores hang
-    ray.init(include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT / "platform")}})
+        "scaling": {"cpus_per_worker": 0.5, "use_gpu": args.gpu}})  # fractional CPUs: 2 workers on 2 cores
+    path = os.pathsep.join(p for p in (str(ROOT / "platform"), os.environ.get("PYTHONPATH")) if p)
+    ray.init(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
 
     # Decode once and materialise, so every loop sees identical in-memory data.
     train_ds = decoded(read_dataset(tmp), cfg, CLASSES, train=False).materialize()
@@ -136,8 +150,11 @@ def main() -> None:
     print(f"plain PyTorch loop: {plain:.1f} images/s steady state (epoch seconds: {seconds})")
     history, wall = ray_loop(cfg, train_ds, val_ds, 1, args.threads)
     one = report_ray("Ray Train, 1 worker", history, wall, 1, total, args.epochs)
-    history, wall = ray_loop(cfg, train_ds, val_ds, 2, args.threads)
-    report_ray("Ray Train, 2 workers", history, wall, 2, total, args.epochs)
+    if not args.gpu or ray.cluster_resources().get("GPU", 0) >= 2:
+        history, wall = ray_loop(cfg, train_ds, val_ds, 2, args.threads)
+        report_ray("Ray Train, 2 workers", history, wall, 2, total, args.epochs)
+    else:
+        print("Ray Train, 2 workers: skipped (needs 2 GPUs; nccl cannot put two ranks on one GPU)")
     ray.shutdown()
     print(f"train ratio: {one / plain:.3f}")
 

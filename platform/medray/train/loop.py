@@ -162,7 +162,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             inject_failure(cfg, epoch, rank)
         model.train()
         total, seen = 0.0, 0
-        per_class = torch.zeros(len(classes), dtype=torch.int64)
+        per_class = torch.zeros(len(classes), dtype=torch.int64, device=device)  # batches may arrive on the GPU
         started = time.perf_counter()
         # seeded local shuffle: mixes classes within batches, same order for the same seed and epoch
         for x, y in train_shard.iter_torch_batches(batch_size=cfg.batch_size, collate_fn=collate,
@@ -186,7 +186,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         metrics: dict[str, Any] = {"epoch": epoch + 1, "round": round_index, "start_epoch": start_epoch,
                                    "train_loss": total / max(seen, 1), "train_examples": seen, "rank": rank,
                                    "epoch_seconds": seconds, "train_images_per_s": seen / max(seconds, 1e-9)}
-        metrics.update({f"train_examples_{metric_key(name)}": int(n) for name, n in zip(classes, per_class)})
+        metrics.update({f"train_examples_{metric_key(name)}": int(n) for name, n in zip(classes, per_class.tolist())})
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:
