@@ -1,56 +1,166 @@
 """Serve overhead: requests/s through Ray Serve (HTTP + dynamic batching) vs the bare model in
 this process, and single-request p50 latency vs one bare decode + forward pass.
 
-The bare baseline does the same per-image work as a replica (decode the uploaded JPEG to the
-model's input, batched forward pass), without HTTP, Ray or batching queues.
-Last line: ``serve ratio: <Serve throughput / bare batched throughput>`` (target >= 0.7; p50
-overhead target <= 20 ms).
+Fair by construction: both sides run the same randomly initialised bundle (``--model``, built by
+``medray.models.registry``; nothing downloaded; default the skin endpoint's DenseNet121 at its
+64 px input, ``jobs/configs/skin.yaml``), the same batch size (``--batch`` is the bare batch and
+Serve's ``max_batch_size``), the same input, and the same torch threads (``--threads``, default
+every core: the bare model gets them in this process, the replica through OMP_NUM_THREADS), both
+with ``OMP_WAIT_POLICY=PASSIVE`` (spinning OpenMP threads that share 2 cores with anything else
+— here the proxy, the ingress and the client — made a DenseNet forward pass over 10x slower here).
+The bare side does the per-image work a replica does (decode the uploaded JPEG to the model's
+input, batched forward pass) without HTTP, Ray or batching queues.
+
+Serve side, sized for a small machine: one ``SkinClassifier`` replica reserving 1 CPU (the
+ingress 0.1, the proxy and controller 0: it fits 2 cores), ``max_ongoing_requests`` above the
+number of clients so every request in flight can join a batch, and ``--clients`` (default
+3 x batch) keep-alive connections from an asyncio client, so the next batch is already waiting
+(the replica lets requests join only while the model is free) when one pass ends, counting the
+requests still on their way through the proxy. ``--wait-ms`` is ``batch_wait_timeout_s``: a lone
+request waits that long, so it is part of the p50 overhead; full batches under load never wait.
+
+It also prints the CPU time each Serve process spent per request under load (Linux ``/proc``):
+on 2 cores that, not the model, bounds requests/s for a small model.
+
+Last lines: ``p50 overhead: <ms>`` (target <= 20 ms) and ``serve ratio: <Serve throughput /
+bare batched throughput>`` (target >= 0.7).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import collections
 import os
 import socket
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "platform"))
+PLATFORM = str(Path(__file__).resolve().parents[1] / "platform")
+sys.path.insert(0, PLATFORM)
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads libgomp; the replica gets the same
 
 import numpy as np  # noqa: E402
 
+CLASSES = list("abcdefg")  # HAM10000's 7 classes (names do not matter here)
 
-def bare(bundle: str, payload: bytes, batch: int, seconds: float) -> tuple[float, float]:
-    """(images/s with batched forward passes, p50 ms of one decode + forward)."""
+
+def bare(bundle: str, payload: bytes, batch: int, threads: int, seconds: float, singles: int) -> dict:
+    """Bare model in this process: images/s with batched forward passes, p50 ms of one image."""
+    import torch
+
     from medray.models.bundle import load_model
     from medray.serve.uploads import decode_for_model
 
+    torch.set_num_threads(threads)
     model = load_model(bundle)
     prep = model.preprocessing
-    one = lambda: model.predict_proba(decode_for_model(payload, "x.jpg", "image/jpeg", prep)[0][None])  # noqa: E731
-    for _ in range(10):
-        one()
+    decode = lambda: decode_for_model(payload, "x.jpg", "image/jpeg", prep)[0]  # noqa: E731
+    for _ in range(3):
+        model.predict_proba(decode()[None])
+        model.predict_proba(np.stack([decode() for _ in range(batch)]), batch_size=batch)
     single = []
-    for _ in range(100):
+    for _ in range(singles):
         start = time.perf_counter()
-        one()
+        model.predict_proba(decode()[None])
         single.append(time.perf_counter() - start)
     done, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        samples = [decode_for_model(payload, "x.jpg", "image/jpeg", prep)[0] for _ in range(batch)]
-        model.predict_proba(np.stack(samples), batch_size=batch)
+        model.predict_proba(np.stack([decode() for _ in range(batch)]), batch_size=batch)
         done += batch
-    return done / (time.perf_counter() - start), float(np.median(single)) * 1000
+    return {"ips": done / (time.perf_counter() - start), "p50_ms": float(np.median(single)) * 1000}
 
 
-def through_serve(bundle: str, payload: bytes, batch: int, clients: int, seconds: float) -> tuple[float, float, dict]:
-    """(requests/s with ``clients`` concurrent clients, p50 ms of sequential requests, batch stats)."""
-    import httpx
+async def _post(session, url: str, payload: bytes) -> tuple[bool, float]:
+    import aiohttp
+
+    form = aiohttp.FormData()
+    form.add_field("file", payload, filename="x.jpg", content_type="image/jpeg")
+    start = time.perf_counter()
+    async with session.post(url, data=form) as response:
+        await response.read()
+        return response.status == 200, time.perf_counter() - start
+
+
+async def _load(url: str, payload: bytes, clients: int, seconds: float, singles: int) -> dict:
+    """Sequential requests (p50 of one), then ``clients`` concurrent loops for ``seconds``."""
+    import aiohttp
+
+    connector = aiohttp.TCPConnector(limit=clients, force_close=False)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
+        single = []
+        for _ in range(singles):
+            ok, took = await _post(session, url, payload)
+            if not ok:
+                raise RuntimeError(f"POST {url} failed; see the Serve logs under /tmp/ray/session_latest/logs/serve")
+            single.append(took)
+        out = {"p50_ms": float(np.median(single)) * 1000}
+
+        async def run(duration: float) -> tuple[int, int, list[float], float]:
+            count, errors, latencies = [0], [0], []
+            start = time.perf_counter()
+            stop = start + duration
+
+            async def client() -> None:
+                while time.perf_counter() < stop:
+                    ok, took = await _post(session, url, payload)
+                    count[0] += 1
+                    errors[0] += not ok
+                    latencies.append(took)
+
+            await asyncio.gather(*(client() for _ in range(clients)))
+            return count[0], errors[0], latencies, time.perf_counter() - start
+
+        await run(min(3.0, seconds / 2))  # warm-up: connections open, batches flowing
+        out["stats_before"] = await asyncio.to_thread(_stats)
+        cpu_before = _cpu_seconds()
+        count, errors, latencies, elapsed = await run(seconds)
+        cpu_after = _cpu_seconds()
+        out["stats_after"] = await asyncio.to_thread(_stats)
+        out["cpu_ms"] = {role: (cpu_after[role] - cpu_before.get(role, 0.0)) * 1000 / max(count, 1)
+                         for role in cpu_after if role.startswith(("Proxy", "ServeReplica:bench", "client"))}
+        out.update(rps=count / elapsed, requests=count, errors=errors,
+                   load_p50_ms=float(np.median(latencies)) * 1000,
+                   load_p99_ms=float(np.percentile(latencies, 99)) * 1000)
+    return out
+
+
+def _cpu_seconds() -> dict[str, float]:
+    """CPU seconds so far of this process (the client) and of the Ray workers of the cluster this
+    process started (children of its raylet), by role: ``ProxyActor``, ``ServeReplica:bench:...``."""
+    def read(pid: str) -> tuple[int, str, float] | None:
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return int(fields[1]), cmd, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    if not os.path.isdir("/proc"):
+        return {}
+    procs = {pid: info for pid in os.listdir("/proc") if pid.isdigit() and (info := read(pid))}
+    raylets = {int(pid) for pid, (ppid, cmd, _) in procs.items() if ppid == os.getpid() and "raylet" in cmd}
+    out: collections.Counter = collections.Counter()
+    for pid, (ppid, cmd, cpu) in procs.items():
+        if int(pid) == os.getpid():
+            out["client"] += cpu
+        elif ppid in raylets and cmd.startswith("ray::"):
+            out[cmd.removeprefix("ray::").split(".")[0]] += cpu
+    return out
+
+
+def _stats() -> dict:
+    from ray import serve
+
+    return serve.get_deployment_handle("SkinClassifier", app_name="bench").batch_stats.remote().result()
+
+
+def through_serve(bundle: str, payload: bytes, opts: argparse.Namespace) -> dict:
+    """The real app (ingress + SkinClassifier) on 127.0.0.1, driven over HTTP."""
     import ray
     from ray import serve
 
@@ -60,69 +170,67 @@ def through_serve(bundle: str, payload: bytes, batch: int, clients: int, seconds
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1] / "platform")}})
+    ray.init(num_cpus=opts.cpus, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": PLATFORM}})
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    args = AppArgs(skin={"model_uri": bundle, "max_batch_size": batch, "batch_wait_timeout_s": 0.002,
-                         "max_ongoing_requests": 4 * batch})
-    serve.run(build_app_with_options(args, {"SkinClassifier": {"ray_actor_options": {"num_cpus": 1}}}),
-              name="bench", route_prefix="/")
-    url = f"http://127.0.0.1:{port}/skin/classify"
-    files = {"file": ("x.jpg", payload, "image/jpeg")}
-    with httpx.Client(timeout=30) as http:
-        for _ in range(20):
-            http.post(url, files=files).raise_for_status()
-        single = []
-        for _ in range(100):
-            start = time.perf_counter()
-            http.post(url, files=files).raise_for_status()
-            single.append(time.perf_counter() - start)
-    count, errors, lock = [0], [0], threading.Lock()
-    stop = time.perf_counter() + seconds
-
-    def client() -> None:
-        with httpx.Client(timeout=30) as http:
-            while time.perf_counter() < stop:
-                ok = http.post(url, files=files).status_code == 200
-                with lock:
-                    count[0] += 1
-                    errors[0] += 0 if ok else 1
-
-    start = time.perf_counter()
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    rps = count[0] / (time.perf_counter() - start)
-    stats = serve.get_deployment_handle("SkinClassifier", app_name="bench").batch_stats.remote().result()
-    stats["errors"] = errors[0]
-    serve.shutdown()
-    ray.shutdown()
-    return rps, float(np.median(single)) * 1000, stats
+    args = AppArgs(skin={"model_uri": bundle, "max_batch_size": opts.batch, "batch_wait_timeout_s": opts.wait_ms / 1000,
+                         "max_ongoing_requests": opts.clients + opts.batch})
+    classifier = {"ray_actor_options": {"num_cpus": 1, "runtime_env": {
+        "env_vars": {"PYTHONPATH": PLATFORM, "OMP_NUM_THREADS": str(opts.threads),
+                     "OMP_WAIT_POLICY": os.environ["OMP_WAIT_POLICY"]}}}}
+    serve.run(build_app_with_options(args, {"SkinClassifier": classifier}), name="bench", route_prefix="/")
+    try:
+        out = asyncio.run(_load(f"http://127.0.0.1:{port}/skin/classify", payload, opts.clients, opts.seconds,
+                                opts.singles))
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    before, after = out.pop("stats_before"), out.pop("stats_after")
+    batches = after["batches_total"] - before["batches_total"]
+    out.update(mean_batch=(after["samples_total"] - before["samples_total"]) / max(batches, 1),
+               max_batch=after["max"], torch_threads=after["torch_threads"])
+    return out
 
 
 def main() -> int:
+    from medray.models.registry import available_models
+
+    cores = os.cpu_count() or 2
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=64, help="input side in pixels")
-    parser.add_argument("--batch", type=int, default=16, help="max_batch_size (and the bare batch)")
-    parser.add_argument("--clients", type=int, default=32, help="concurrent HTTP clients")
-    parser.add_argument("--seconds", type=float, default=10.0, help="length of each throughput run")
+    parser.add_argument("--model", default="densenet121", choices=available_models(),
+                        help="registry model, random init (default: the skin endpoint's densenet121)")
+    parser.add_argument("--size", type=int, default=64, help="input side in pixels (skin endpoint: 64)")
+    parser.add_argument("--batch", type=int, default=16, help="bare batch size and Serve max_batch_size")
+    parser.add_argument("--clients", type=int, default=None, help="concurrent HTTP connections (default 3 x batch)")
+    parser.add_argument("--wait-ms", type=float, default=2.0, help="Serve batch_wait_timeout_s, in ms")
+    parser.add_argument("--threads", type=int, default=cores, help="torch threads, bare and replica alike")
+    parser.add_argument("--cpus", type=int, default=cores, help="CPUs of the local Ray cluster")
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of each throughput run")
+    parser.add_argument("--singles", type=int, default=50, help="sequential single-image runs for the p50s")
     opts = parser.parse_args()
+    opts.clients = opts.clients or 3 * opts.batch
 
     from medray.datasets.codec import encode_image
     from medray.serve.demo_models import skin_image, untrained_model
 
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
-        bundle = untrained_model(f"{tmp}/model", 2, 3, opts.size, list("abcdefg"))
+        bundle = untrained_model(f"{tmp}/model", 2, 3, opts.size, CLASSES, name=opts.model)
         payload = encode_image(skin_image("mel", np.random.default_rng(0), opts.size), "jpeg")
-        bare_ips, bare_p50 = bare(bundle, payload, opts.batch, opts.seconds / 2)
-        serve_rps, serve_p50, stats = through_serve(bundle, payload, opts.batch, opts.clients, opts.seconds)
-    print(f"bare model : {bare_ips:8.1f} images/s (batch {opts.batch}), p50 one image {bare_p50:6.2f} ms")
-    print(f"ray serve  : {serve_rps:8.1f} requests/s ({opts.clients} clients), p50 one request {serve_p50:6.2f} ms, "
-          f"batches mean {stats['mean']:.1f} max {stats['max']}, errors {stats['errors']}")
-    print(f"p50 overhead: {serve_p50 - bare_p50:.2f} ms (target <= 20 ms)")
-    print(f"serve ratio: {serve_rps / bare_ips:.3f}")
+        base = bare(bundle, payload, opts.batch, opts.threads, opts.seconds, opts.singles)
+        srv = through_serve(bundle, payload, opts)
+    print(f"model      : {opts.model} {opts.size}x{opts.size}, batch {opts.batch}, torch threads {opts.threads} "
+          f"(replica: {srv['torch_threads']}), OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, {opts.cpus} CPUs")
+    print(f"bare model : {base['ips']:8.1f} images/s (batch {opts.batch}), p50 one image {base['p50_ms']:7.2f} ms")
+    print(f"ray serve  : {srv['rps']:8.1f} requests/s ({opts.clients} clients, {srv['requests']} requests, "
+          f"p50 {srv['load_p50_ms']:.1f} ms, p99 {srv['load_p99_ms']:.1f} ms under load), "
+          f"p50 one request {srv['p50_ms']:7.2f} ms, batches mean {srv['mean_batch']:.1f} max {srv['max_batch']}, "
+          f"errors {srv['errors']}")
+    cpu = ", ".join(f"{role.removeprefix('ServeReplica:bench:')} {ms:.1f}" for role, ms in
+                    sorted(srv["cpu_ms"].items(), key=lambda kv: -kv[1]))
+    print(f"CPU per request under load (ms): {cpu}; total {sum(srv['cpu_ms'].values()):.1f}")
+    print(f"p50 overhead: {srv['p50_ms'] - base['p50_ms']:.2f} ms (target <= 20 ms; "
+          f"includes --wait-ms {opts.wait_ms:g})")
+    print(f"serve ratio: {srv['rps'] / base['ips']:.3f}")
     return 0
 
 

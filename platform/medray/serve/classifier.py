@@ -2,6 +2,12 @@
 
 Each request is decoded on its own (bad files fail alone, with 400/415); decoded samples then
 meet in ``@serve.batch`` so one forward pass answers up to ``max_batch_size`` requests.
+
+Samples join the batch queue only while the model is free. ``@serve.batch`` forms the next batch
+as soon as the previous one is handed over, not when it has finished: with the forward pass off
+the event loop, requests arriving during it would otherwise be cut into batches of one or two
+after ``batch_wait_timeout_s`` and queue up behind it. Held back until the pass ends, they form
+full batches; a lone request on an idle model still waits only ``batch_wait_timeout_s``.
 """
 
 from __future__ import annotations
@@ -62,12 +68,21 @@ class ImageClassifier:
         self._predict.set_max_batch_size(args.max_batch_size)
         self._predict.set_batch_wait_timeout_s(args.batch_wait_timeout_s)
         self.batch_sizes: list[int] = []
+        self.batches_total = self.samples_total = 0  # since start (batch_sizes keeps the last 1000)
+        self._model_free: asyncio.Event | None = None  # set while no forward pass runs (made on the loop)
+
+    def _free(self) -> asyncio.Event:
+        if self._model_free is None:
+            self._model_free = asyncio.Event()
+            self._model_free.set()
+        return self._model_free
 
     async def classify(self, data: bytes, filename: str | None = None, content_type: str | None = None,
                        top_k: int | None = None) -> dict[str, Any]:
         from medray.serve.uploads import decode_for_model
 
         sample, kind = decode_for_model(data, filename, content_type, self.model.preprocessing)
+        await self._free().wait()  # join the next batch once the model is free (see module doc)
         probs = await self._predict(sample)
         return result(self.endpoint, self.model, probs, kind, top_k)
 
@@ -75,16 +90,27 @@ class ImageClassifier:
     async def _predict(self, samples: list[np.ndarray]) -> list[np.ndarray]:
         self.batch_sizes.append(len(samples))
         del self.batch_sizes[:-1000]
+        self.batches_total += 1
+        self.samples_total += len(samples)
         batch = np.stack(samples)
-        probs = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: self.model.predict_proba(batch, batch_size=len(samples)))
+        free = self._free()
+        free.clear()
+        try:
+            probs = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: self.model.predict_proba(batch, batch_size=len(samples)))
+        finally:
+            free.set()
         return list(probs)
 
     def describe(self) -> dict[str, Any]:
         return model_card(self.endpoint, self.model, self.args)
 
     def batch_stats(self) -> dict[str, Any]:
-        """Recent batch sizes (for tests and the benchmark: proves batching happened)."""
+        """Recent batch sizes, totals since start and torch's thread count (for tests and the
+        benchmark: proves batching happened, and with how many threads the model ran)."""
+        import torch
+
         sizes = self.batch_sizes
         return {"batches": len(sizes), "max": max(sizes, default=0),
-                "mean": float(np.mean(sizes)) if sizes else 0.0}
+                "mean": float(np.mean(sizes)) if sizes else 0.0, "batches_total": self.batches_total,
+                "samples_total": self.samples_total, "torch_threads": torch.get_num_threads()}

@@ -100,8 +100,9 @@ def train_skin_model(directory: str, size: int = 64, per_class: int = 8, epochs:
 
 
 def untrained_model(directory: str, spatial_dims: int = 2, channels: int = 3, size: int | tuple = 64,
-                    classes: list[str] | None = None, seed: int = 0) -> str:
-    """A randomly initialised smallcnn bundle (shapes and speed only, no learned signal)."""
+                    classes: list[str] | None = None, seed: int = 0, name: str = "smallcnn") -> str:
+    """A randomly initialised bundle of registry model ``name`` (shapes and speed only, no learned
+    signal; nothing downloaded)."""
     import torch
 
     from medray.models.bundle import save_bundle
@@ -110,7 +111,7 @@ def untrained_model(directory: str, spatial_dims: int = 2, channels: int = 3, si
 
     classes = classes or ["a", "b"]
     torch.manual_seed(seed)
-    spec = ModelSpec(name="smallcnn", spatial_dims=spatial_dims, in_channels=channels, num_classes=len(classes))
+    spec = ModelSpec(name=name, spatial_dims=spatial_dims, in_channels=channels, num_classes=len(classes))
     prep = Preprocessing(spatial_dims=spatial_dims, channels=channels, size=size,
                          mean=[0.5] * channels, std=[0.5] * channels)
     return save_bundle(directory, build_model(spec).eval(), spec, classes, prep)
