@@ -49,7 +49,8 @@ import numpy as np  # noqa: E402
 CLASSES = list("abcdefg")  # HAM10000's 7 classes (names do not matter here)
 
 
-def bare(bundle: str, payload: bytes, batch: int, threads: int, seconds: float, singles: int) -> dict:
+def bare(bundle: str, payload: bytes, batch: int, threads: int, seconds: float, singles: int,
+         device: str = "cpu") -> dict:
     """Bare model in this process: images/s with batched forward passes, p50 ms of one image."""
     import torch
 
@@ -57,7 +58,7 @@ def bare(bundle: str, payload: bytes, batch: int, threads: int, seconds: float, 
     from medray.serve.uploads import decode_for_model
 
     torch.set_num_threads(threads)
-    model = load_model(bundle)
+    model = load_model(bundle, device=device)
     prep = model.preprocessing
     decode = lambda: decode_for_model(payload, "x.jpg", "image/jpeg", prep)[0]  # noqa: E731
     for _ in range(3):
@@ -171,12 +172,14 @@ def through_serve(bundle: str, payload: bytes, opts: argparse.Namespace) -> dict
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     ray.init(num_cpus=opts.cpus, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": PLATFORM}})
+             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
+                 p for p in (PLATFORM, os.environ.get("PYTHONPATH")) if p)}})
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    args = AppArgs(skin={"model_uri": bundle, "max_batch_size": opts.batch, "batch_wait_timeout_s": opts.wait_ms / 1000,
+    args = AppArgs(skin={"model_uri": bundle, "device": "cuda" if opts.gpu else "cpu", "max_batch_size": opts.batch, "batch_wait_timeout_s": opts.wait_ms / 1000,
                          "max_ongoing_requests": opts.clients + opts.batch})
-    classifier = {"ray_actor_options": {"num_cpus": 1, "runtime_env": {
-        "env_vars": {"PYTHONPATH": PLATFORM, "OMP_NUM_THREADS": str(opts.threads),
+    path = os.pathsep.join(p for p in (PLATFORM, os.environ.get("PYTHONPATH")) if p)
+    classifier = {"ray_actor_options": {"num_cpus": 1, "num_gpus": 1 if opts.gpu else 0, "runtime_env": {
+        "env_vars": {"PYTHONPATH": path, "OMP_NUM_THREADS": str(opts.threads),
                      "OMP_WAIT_POLICY": os.environ["OMP_WAIT_POLICY"]}}}}
     serve.run(build_app_with_options(args, {"SkinClassifier": classifier}), name="bench", route_prefix="/")
     try:
@@ -207,6 +210,7 @@ def main() -> int:
     parser.add_argument("--cpus", type=int, default=cores, help="CPUs of the local Ray cluster")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each throughput run")
     parser.add_argument("--singles", type=int, default=50, help="sequential single-image runs for the p50s")
+    parser.add_argument("--gpu", action="store_true", help="bare model and replica on the GPU (bf16 autocast)")
     opts = parser.parse_args()
     opts.clients = opts.clients or 3 * opts.batch
 
@@ -216,10 +220,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         bundle = untrained_model(f"{tmp}/model", 2, 3, opts.size, CLASSES, name=opts.model)
         payload = encode_image(skin_image("mel", np.random.default_rng(0), opts.size), "jpeg")
-        base = bare(bundle, payload, opts.batch, opts.threads, opts.seconds, opts.singles)
+        base = bare(bundle, payload, opts.batch, opts.threads, opts.seconds, opts.singles,
+                    "cuda" if opts.gpu else "cpu")
         srv = through_serve(bundle, payload, opts)
     print(f"model      : {opts.model} {opts.size}x{opts.size}, batch {opts.batch}, torch threads {opts.threads} "
-          f"(replica: {srv['torch_threads']}), OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, {opts.cpus} CPUs")
+          f"(replica: {srv['torch_threads']}), {'GPU' if opts.gpu else 'CPU'}, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, {opts.cpus} CPUs")
     print(f"bare model : {base['ips']:8.1f} images/s (batch {opts.batch}), p50 one image {base['p50_ms']:7.2f} ms")
     print(f"ray serve  : {srv['rps']:8.1f} requests/s ({opts.clients} clients, {srv['requests']} requests, "
           f"p50 {srv['load_p50_ms']:.1f} ms, p99 {srv['load_p99_ms']:.1f} ms under load), "
