@@ -121,11 +121,76 @@ def test_disk_mask_is_exact():
 def test_unet_segmenter_shapes_and_load_errors(tmp_path):
     import torch
 
-    from medray.errors import ModelError
+    from medray.errors import ModelError, StorageError
     from medray.mitosis.segmentation import Segmenter, build_unet, load_segmenter
 
-    prob = Segmenter(build_unet())(np.zeros((30, 42, 3), np.uint8))  # padded to a multiple of 4 inside
+    prob = Segmenter(build_unet())(np.zeros((30, 42, 3), np.uint8))  # one window, padded to 32x44 inside
     assert prob.shape == (30, 42) and 0 <= prob.min() and prob.max() <= 1
     torch.save({"wrong": torch.zeros(1)}, tmp_path / "bad.pt")
-    with pytest.raises(ModelError, match="cannot load UNet proposals model"):
+    with pytest.raises(ModelError, match=r"bad.pt.*format None, expected 'medray.mitosis.unet_proposals/1'"):
         load_segmenter(str(tmp_path / "bad.pt"))
+    (tmp_path / "garbage.pt").write_bytes(b"garbage")
+    with pytest.raises(ModelError, match="garbage.pt.*not a torch checkpoint.*train_from_hpf"):
+        load_segmenter(str(tmp_path / "garbage.pt"))
+    with pytest.raises(StorageError, match="missing.pt"):
+        load_segmenter(str(tmp_path / "missing.pt"))
+    with pytest.raises(DataError, match=r"RGB image \(H, W, 3\)"):
+        Segmenter(build_unet())(np.zeros((64, 64), np.uint8))
+
+
+def test_unet_training_input_errors():
+    from medray.mitosis.segmentation import train_unet
+
+    img = np.zeros((128, 128, 3), np.uint8)
+    with pytest.raises(DataError, match="no figures"):
+        train_unet([img], [[]], steps=1)
+    with pytest.raises(DataError, match="training image 0 is 128x48 px, smaller than the 64 px crop"):
+        train_unet([np.zeros((48, 128, 3), np.uint8)], [[[10, 10]]], steps=1)
+    with pytest.raises(ValueError, match="2 images but 1 figure lists"):
+        train_unet([img, img], [[[10, 10]]], steps=1)
+    with pytest.raises(ValueError, match="method 'unet' needs unet_model"):
+        ProposalConfig(method="unet")
+
+
+@pytest.fixture(scope="module")
+def held_out():
+    """12 generated 512 px fields (the first 6 are ``fields``): ~39 mitoses, 3 mimics each."""
+    from medray.synth.hpf import Config, field_layout, render_field
+
+    cfg = Config(size=512, num_images=12, mitoses_min=2, mitoses_max=5, mimics_per_image=3, seed=5)
+    return [(field_layout(cfg, i), render_field(field_layout(cfg, i))) for i in range(12)]
+
+
+def test_unet_proposals_learn_on_generated_hpfs(tmp_path, held_out):
+    """Train the UNet on 6 generated HPFs written to disk (19-43 s in all on 2 busy cores), select it from
+    the mitosis config, and check its proposals on 12 other fields against the known mitoses.
+
+    Measured: recall 1.0 (39/39) for init seeds 0-5 with 6-17 candidates per field, against ~66
+    for the stain threshold; the floor is the issue's 0.95 (one miss of 39 allowed)."""
+    from medray.mitosis.config import MitosisConfig
+    from medray.mitosis.segmentation import load_segmenter, train_from_hpf
+    from medray.synth.hpf import Config, generate
+
+    generate(Config(output=str(tmp_path / "train"), size=512, num_images=6, mitoses_min=2, mitoses_max=5,
+                    mimics_per_image=3, seed=21))
+    ckpt = str(tmp_path / "models" / "unet.pt")
+    summary = train_from_hpf(str(tmp_path / "train"), ckpt, seed=0)
+    assert summary["images"] == 6 and summary["figures"] >= 6 * 3 + 12  # mimics from truth.json + mitoses
+    loaded = load_segmenter(ckpt)
+    assert loaded.info["steps"] == 500 and loaded.info["final_loss"] == summary["final_loss"]
+
+    cfg = MitosisConfig.model_validate({"proposals": {"method": "unet", "unet_model": ckpt}})
+    found = total = 0
+    unet_counts, stain_counts = [], []
+    for layout, rgb in held_out:
+        cand = propose(rgb, cfg.proposals)  # loads the checkpoint named in the config
+        unet_counts.append(len(cand))
+        stain_counts.append(len(propose(rgb, ProposalConfig(method="threshold"))))
+        found += proposal_recall(cand, layout.mitoses, 30) * len(layout.mitoses)
+        total += len(layout.mitoses)
+    assert total >= 36
+    assert found / total >= 0.95, f"UNet proposal recall {found / total:.3f} ({found:.0f}/{total})"
+    # it learned the figures, not every nucleus: far fewer candidates than the stain threshold
+    assert np.mean(unet_counts) < np.mean(stain_counts) / 3, (unet_counts, stain_counts)
+    # what the config loaded is what was trained: same probabilities as a fresh load
+    np.testing.assert_allclose(loaded(held_out[0][1]), load_segmenter(ckpt)(held_out[0][1]))

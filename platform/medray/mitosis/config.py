@@ -13,11 +13,14 @@ from medray.train.config import TrainConfig
 
 
 class ProposalConfig(MedrayModel):
-    """Stage 1: nuclei candidates from the hematoxylin channel (``skimage.color.rgb2hed``)."""
+    """Stage 1: nuclei candidates from the hematoxylin channel (``skimage.color.rgb2hed``), or from a
+    trained UNet's figure mask (``method: unet``; ``min_area``/``max_area``/``merge_distance`` apply
+    to its components too)."""
 
     method: Literal["threshold", "log", "unet"] = Field(
         "threshold", description="threshold: smoothed H > threshold + connected components; log: LoG blobs; "
-                                 "unet: a trained MONAI UNet's mask (segmentation.py)")
+                                 "unet: a trained MONAI UNet's figure mask (segmentation.py; "
+                                 "train it with segmentation.train_from_hpf)")
     sigma: float = Field(2.0, ge=0, description="Gaussian smoothing of the hematoxylin channel (pixels)")
     threshold: float = Field(0.10, gt=0, description="Hematoxylin OD above which a pixel is nuclear (threshold)")
     min_area: int = Field(20, ge=1, description="Smallest component kept (pixels)")
@@ -26,7 +29,8 @@ class ProposalConfig(MedrayModel):
     log_max_sigma: float = Field(8.0, gt=0, description="LoG largest blob sigma (log)")
     log_threshold: float = Field(0.02, gt=0, description="LoG response threshold (log)")
     merge_distance: float = Field(6.0, ge=0, description="Candidates closer than this collapse to one (pixels)")
-    unet_model: str | None = Field(None, description="UNet checkpoint written by segmentation.train_unet (unet)")
+    unet_model: str | None = Field(None, description="UNet checkpoint path/URI written by "
+                                                      "segmentation.train_from_hpf or train_unet (unet)")
     unet_threshold: float = Field(0.5, gt=0, lt=1, description="Foreground probability threshold (unet)")
 
     @model_validator(mode="after")
@@ -34,7 +38,8 @@ class ProposalConfig(MedrayModel):
         if self.min_area > self.max_area:
             raise ValueError(f"min_area={self.min_area} > max_area={self.max_area}")
         if self.method == "unet" and not self.unet_model:
-            raise ValueError("method 'unet' needs unet_model (train one with medray.mitosis.segmentation)")
+            raise ValueError("method 'unet' needs unet_model=<checkpoint> (train one with "
+                             "medray.mitosis.segmentation.train_from_hpf)")
         return self
 
 

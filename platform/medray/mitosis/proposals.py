@@ -2,7 +2,9 @@
 
 The hematoxylin channel of ``skimage.color.rgb2hed`` is smoothed, then either thresholded into
 connected components (area-filtered; centroid = candidate) or searched with a Laplacian of
-Gaussian. Candidates closer than ``merge_distance`` collapse to one.
+Gaussian. With ``method: unet`` a trained MONAI UNet (``segmentation.py``) gives a figure
+probability map instead, thresholded at ``unet_threshold`` into the same components. Candidates
+closer than ``merge_distance`` collapse to one.
 """
 
 from __future__ import annotations
@@ -68,13 +70,17 @@ def merge_close(points: np.ndarray, distance: float) -> np.ndarray:
 
 
 def propose(rgb: np.ndarray, cfg: ProposalConfig | None = None, segmenter=None) -> np.ndarray:
-    """Candidate nucleus centres (x, y), float64 (N, 2), sorted by row then column."""
+    """Candidate nucleus centres (x, y), float64 (N, 2), sorted by row then column.
+
+    ``segmenter`` (unet only): a ``segmentation.Segmenter`` to use instead of ``cfg.unet_model``
+    (which is loaded once per file version and reused across calls).
+    """
     cfg = cfg or ProposalConfig()
     if cfg.method == "unet":
         if segmenter is None:
-            from medray.mitosis.segmentation import load_segmenter
+            from medray.mitosis.segmentation import cached_segmenter
 
-            segmenter = load_segmenter(cfg.unet_model)
+            segmenter = cached_segmenter(cfg.unet_model)
         prob = segmenter(np.asarray(rgb))
         pts = components_to_points(prob >= cfg.unet_threshold, prob, cfg.min_area, cfg.max_area)
     else:
