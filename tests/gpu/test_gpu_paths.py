@@ -157,9 +157,9 @@ def test_production_serve_config_runs_every_endpoint_on_the_gpu(ray_cluster, sli
                      "slides": {"model_uri": patch_bundle, "output_root": str(tmp_path / "heatmaps"),
                                 "num_gpus": 0.2, "predictor_cpus": 0.25, "reader_cpus": 0.25, "log_mlflow": False},
                      "allowed_slide_roots": [str(slide.parent)], "mlflow_tracking_uri": None},
-        deployment_updates={name: small for name in ("CTClassifier", "SkinClassifier", "SlideHeatmaps",
-                                                     "MitosisDetector")}
-        | {"Ingress": {"autoscaling_config": {"min_replicas": 1, "max_replicas": 1},
+        deployment_updates={name: small for name in ("CTClassifier", "SkinClassifier", "MitosisDetector")}
+        | {"SlideHeatmaps": {"ray_actor_options": small["ray_actor_options"]},  # num_replicas: 1 there
+           "Ingress": {"autoscaling_config": {"min_replicas": 1, "max_replicas": 1},
                        "ray_actor_options": {"num_cpus": 0.1}}})
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
