@@ -176,6 +176,11 @@ def test_grid_mode_labels_by_polygon(slides, ray_cluster, tmp_path):
                         patch_size=PATCH, level=0, max_per_label=None, rows_per_shard=200, overviews=False)
     report = run_extract(cfg, progress=False)
     assert report["counts"]["ok"] == 1 and report["patches"]["tumor"] > 0
+    # Near-equal chunks of at most rows_per_shard, as many as keep every reader busy.
+    sizes = [s["rows"] for s in read_info(cfg.output).shards]
+    assert max(sizes) <= 200 and max(sizes) - min(sizes) <= 1 and sum(sizes) == sum(report["patches"].values())
+    assert set(report["stage_seconds"]) == {"read", "encode", "table", "write"}
+    assert all(v > 0 for v in report["stage_seconds"].values()) and report["plan_seconds"] > 0
     rows = _rows(cfg.output)
     assert np.all(rows.x % PATCH == 0) and np.all(rows.y % PATCH == 0)
     polygons = [a for a in load_annotations(str(slides / "tumor_001.xml")) if a.label == "tumor"]

@@ -69,12 +69,28 @@ def test_work_units_cover_every_patch_once_with_stable_shard_names():
                        np.zeros(n, np.int64), np.arange(n) % 2, {}, {})
     units = P.work_units(plan, 256, {"encoding": "jpeg"})
     assert [u["shard"] for u in units] == [f"s1-{i:05d}.parquet" for i in range(4)]
-    assert [len(u["xs"]) for u in units] == [256, 256, 256, 232]
+    assert [len(u["xs"]) for u in units] == [250, 250, 250, 250]  # at most 256, near-equal
     assert sum((u["xs"] for u in units), []) == plan.xs.tolist()
     assert all(u["num_chunks"] == 4 and u["encoding"] == "jpeg" and u["extent"] == 128 for u in units)
+    # Three readers: 4 chunks would leave two idle for the last one; 6 keep all three busy.
+    units = P.work_units(plan, 256, {}, parallelism=3)
+    assert [len(u["xs"]) for u in units] == [166, 167, 167, 166, 167, 167]
+    assert sum((u["xs"] for u in units), []) == plan.xs.tolist()
+    assert P.work_units(plan, 256, {}, parallelism=3) == units  # same split, same shard names
     empty = P.SlidePlan("s2", "/s2.tif", 0, 1.0, 64, 64, (10, 10), np.zeros(0, np.int64),
                         np.zeros(0, np.int64), np.zeros(0, np.int64), {}, {})
     assert P.work_units(empty, 256, {}) == []
+
+
+def test_unit_bounds_balance_readers_but_keep_chunks_worth_a_task():
+    assert P.unit_bounds(724, 512) == [(0, 362), (362, 724)]
+    assert P.unit_bounds(724, 512, parallelism=2) == [(0, 362), (362, 724)]
+    assert [hi - lo for lo, hi in P.unit_bounds(4400, 512, parallelism=2)] == [440] * 10
+    assert [hi - lo for lo, hi in P.unit_bounds(4400, 512, parallelism=16)] == [275] * 16
+    # Too few patches to be worth splitting for the readers: chunks stay >= 64 patches.
+    assert P.unit_bounds(80, 1000, parallelism=2) == [(0, 80)]
+    assert P.unit_bounds(200, 1000, parallelism=4) == [(0, 66), (66, 133), (133, 200)]
+    assert P.unit_bounds(0, 512, parallelism=2) == []
 
 
 def test_strip_runs_join_adjacent_patches_on_a_row():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from medray.errors import SlideError
-from medray.slides.reader import open_slide, premultiplied_argb_to_rgb
+from medray.slides.reader import open_slide, premultiplied_argb_to_bgrx, premultiplied_argb_to_rgb
 from slide_factory import gradient_slide, make_slide
 
 
@@ -95,6 +95,32 @@ def test_premultiplied_alpha_composited_on_white():
     assert rgb.tolist() == [[[255, 0, 0], [255, 255, 255], [127, 127, 255]]]
     opaque = np.full((2, 2), 0xFF102030, np.uint32)
     assert premultiplied_argb_to_rgb(opaque).tolist() == [[[16, 32, 48]] * 2] * 2
+
+
+def test_premultiplied_alpha_to_bgrx_in_place():
+    argb = np.array([[0xFFFF0000, 0x00000000, 0x80000080]], dtype=np.uint32)
+    bgrx = premultiplied_argb_to_bgrx(argb)
+    assert np.shares_memory(bgrx, argb)
+    assert bgrx[..., 2::-1].tolist() == premultiplied_argb_to_rgb(
+        np.array([[0xFFFF0000, 0x00000000, 0x80000080]], dtype=np.uint32)).tolist()
+    assert bgrx[..., 3].tolist() == [[255, 255, 255]]
+    opaque = np.full((2, 2), 0xFF102030, np.uint32)
+    assert premultiplied_argb_to_bgrx(opaque).tolist() == [[[48, 32, 16, 255]] * 2] * 2
+
+
+def test_read_region_bgrx_is_read_region_in_openslide_order(gradient):
+    path, _ = gradient
+    with open_slide(str(path)) as slide:
+        out = np.empty(64 * 128, np.uint32)
+        bgrx = slide.read_region_bgrx(300, 200, 0, (128, 64), out=out)
+        assert bgrx.shape == (64, 128, 4) and np.shares_memory(bgrx, out)
+        assert np.array_equal(bgrx[..., 2::-1], slide.read_region(300, 200, 0, (128, 64)))
+        assert np.array_equal(slide.read_region_bgrx(512, 256, 1, (32, 16))[..., 2::-1],
+                              slide.read_region(512, 256, 1, (32, 16)))
+        with pytest.raises(ValueError, match=">= 8192 elements"):
+            slide.read_region_bgrx(300, 200, 0, (128, 64), out=np.empty(100, np.uint32))
+        with pytest.raises(SlideError, match="leaves the slide"):
+            slide.read_region_bgrx(1000, 0, 0, 64, out=out)
 
 
 def test_thumbnail_and_downsample(tmp_path):

@@ -33,6 +33,7 @@ REPORT_FILE = "report.json"
 DATASET_KIND = "slide_patches"
 MAX_RUN = 8           # patches read in one region call (a row strip of adjacent patches)
 SLIDE_CACHE = 4       # open slides kept per worker
+STAGES = ("read", "encode", "table", "write")  # reader-task timings, summed over the run in the report
 
 
 # -- inputs ---------------------------------------------------------------------------------
@@ -162,46 +163,87 @@ def _plan_task(uri: str, annotation_uris: list[str], cfg: ExtractConfig) -> dict
         return {"error": f"{type(err).__name__}: {err}", "seconds": time.perf_counter() - start}
 
 
-# -- reading + encoding (Ray Data actors) -----------------------------------------------------
-def read_unit_patches(slide: Any, unit: dict[str, Any]):
-    """Yield (index, HxWx3 patch) for a unit, reading row strips of adjacent patches in one call."""
+# -- reading + encoding (Ray Data tasks) -------------------------------------------------------
+def read_unit_strips(slide: Any, unit: dict[str, Any]):
+    """Yield (first index, patch count, H×(count·W)×4 B,G,R,X strip) for a unit's patches.
+
+    Row runs of up to ``MAX_RUN`` adjacent patches are read in one region call into one buffer
+    reused for the whole unit (OpenSlide's own pixel layout: no conversion, no fresh pages);
+    a strip is only valid until the next one is read.
+    """
     xs, ys = np.asarray(unit["xs"], np.int64), np.asarray(unit["ys"], np.int64)
     size, extent, level = unit["size"], unit["extent"], unit["level"]
     exact = math.isclose(size * slide.level_downsamples[level], extent)
-    for start, length in P.strip_runs(xs, ys, extent, MAX_RUN if exact else 1):
-        strip = slide.read_region(int(xs[start]), int(ys[start]), level, (size * length, size))
-        for k in range(length):
-            yield start + k, strip[:, k * size:(k + 1) * size]
+    runs = P.strip_runs(xs, ys, extent, MAX_RUN if exact else 1)
+    buffer = np.empty(size * size * max((length for _, length in runs), default=0), np.uint32)
+    for start, length in runs:
+        yield start, length, slide.read_region_bgrx(int(xs[start]), int(ys[start]), level, (size * length, size),
+                                                    out=buffer)
 
 
-def encode_unit(slide: Any, unit: dict[str, Any]):
-    """A unit's patches as a PATCH_SCHEMA Arrow table (encoded images plus provenance)."""
+def encode_patch(bgrx: np.ndarray, encoding: str, quality: int) -> bytes:
+    """One B,G,R,X patch view → JPEG straight from the view, or PNG of its RGB."""
+    import cv2
+
+    from medray.datasets.codec import encode_image, encode_jpeg
+
+    if encoding == "jpeg":
+        return encode_jpeg(bgrx, quality, order="bgrx")
+    return encode_image(cv2.cvtColor(bgrx, cv2.COLOR_BGRA2RGB), encoding, quality)
+
+
+def encode_unit(slide: Any, unit: dict[str, Any], timings: dict[str, float] | None = None):
+    """A unit's patches as a PATCH_SCHEMA Arrow table (encoded images plus provenance).
+
+    ``timings``, when given, gains the seconds spent per stage: ``read`` (OpenSlide, including
+    the composite on white where a region is not opaque), ``encode`` and ``table``.
+    """
     import pyarrow as pa
 
-    from medray.datasets.codec import encode_image
-
+    clock = time.perf_counter
     n = len(unit["xs"])
+    size, encoding, quality = unit["size"], unit["encoding"], unit["quality"]
     images: list[bytes] = [b""] * n
-    for index, patch in read_unit_patches(slide, unit):
-        images[index] = encode_image(patch, unit["encoding"], unit["quality"])
+    read_s = encode_s = 0.0
+    strips = read_unit_strips(slide, unit)
+    while True:
+        t0 = clock()
+        item = next(strips, None)
+        t1 = clock()
+        read_s += t1 - t0
+        if item is None:
+            break
+        start, length, strip = item
+        for k in range(length):
+            images[start + k] = encode_patch(strip[:, k * size:(k + 1) * size], encoding, quality)
+        encode_s += clock() - t1
+    t0 = clock()
     classes = unit["classes"]
     labels = np.asarray(unit["labels"], np.int64)
+
+    def same(value: Any, kind: pa.DataType) -> pa.Array:
+        return pa.array([value] * n, kind)
+
     columns = {
         "image": pa.array(images, pa.binary()),
-        "encoding": pa.array([unit["encoding"]] * n, pa.string()),
+        "encoding": same(encoding, pa.string()),
         "label": pa.array(labels, pa.int64()),
-        "label_name": pa.array([classes[i] for i in labels], pa.string()),
-        "group": pa.array([unit["slide_id"]] * n, pa.string()),
-        "source": pa.array([unit["uri"]] * n, pa.string()),
-        "slide_id": pa.array([unit["slide_id"]] * n, pa.string()),
-        "x": pa.array(unit["xs"], pa.int64()),
-        "y": pa.array(unit["ys"], pa.int64()),
-        "level": pa.array([unit["level"]] * n, pa.int64()),
-        "mpp": pa.array([unit["mpp"]] * n, pa.float64()),
-        "size": pa.array([unit["size"]] * n, pa.int64()),
-        "config_hash": pa.array([unit["config_hash"]] * n, pa.string()),
+        "label_name": pa.array(np.asarray(classes, dtype=object)[labels], pa.string()),
+        "group": same(unit["slide_id"], pa.string()),
+        "source": same(unit["uri"], pa.string()),
+        "slide_id": same(unit["slide_id"], pa.string()),
+        "x": pa.array(np.asarray(unit["xs"], np.int64), pa.int64()),
+        "y": pa.array(np.asarray(unit["ys"], np.int64), pa.int64()),
+        "level": same(unit["level"], pa.int64()),
+        "mpp": same(unit["mpp"], pa.float64()),
+        "size": same(size, pa.int64()),
+        "config_hash": same(unit["config_hash"], pa.string()),
     }
-    return pa.Table.from_pydict(columns, schema=S.PATCH_SCHEMA)
+    table = pa.Table.from_pydict(columns, schema=S.PATCH_SCHEMA)
+    if timings is not None:
+        for stage, spent in (("read", read_s), ("encode", encode_s), ("table", clock() - t0)):
+            timings[stage] = timings.get(stage, 0.0) + spent
+    return table
 
 
 _OPEN_SLIDES: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
@@ -230,14 +272,19 @@ def write_units(batch: dict[str, np.ndarray], output: str, storage: StorageOptio
     """
     from medray.datasets.shards import write_shard
 
-    out: dict[str, list] = {"slide_id": [], "chunk": [], "record": [], "error": [], "seconds": []}
+    out: dict[str, list] = {"slide_id": [], "chunk": [], "record": [], "error": [], "seconds": [],
+                            **{f"{stage}_seconds": [] for stage in STAGES}}
     for text in batch["unit"]:
         unit = json.loads(text)
         start = time.perf_counter()
         record, error = "", ""
+        timings: dict[str, float] = {}
         try:
-            table = encode_unit(cached_slide(unit["uri"], storage, unit["mpp_override"]), unit)
-            record = json.dumps(write_shard(table, output, unit["shard"], storage))
+            table = encode_unit(cached_slide(unit["uri"], storage, unit["mpp_override"]), unit, timings)
+            t0 = time.perf_counter()
+            # Image bytes are JPEG/PNG already: zstd won 4% for 2% of the unit's time.
+            record = json.dumps(write_shard(table, output, unit["shard"], storage, compression="none"))
+            timings["write"] = time.perf_counter() - t0
         except Exception as err:  # recorded per unit; the slide is then reported failed
             error = f"{type(err).__name__}: {err}"
         out["slide_id"].append(unit["slide_id"])
@@ -245,6 +292,8 @@ def write_units(batch: dict[str, np.ndarray], output: str, storage: StorageOptio
         out["record"].append(record)
         out["error"].append(error)
         out["seconds"].append(time.perf_counter() - start)
+        for stage in STAGES:
+            out[f"{stage}_seconds"].append(timings.get(stage, 0.0))
     return {k: np.asarray(v) for k, v in out.items()}
 
 
@@ -286,6 +335,49 @@ def _slide_entry(slide_id: str, uri: str, status: str, **fields: Any) -> dict[st
     return {"slide_id": slide_id, "uri": uri, "status": status, **fields}
 
 
+def units_pipeline(units: list[str], fn: Any, workers: int, fn_kwargs: dict[str, Any]) -> Any:
+    """The Ray Data pipeline: one block and one task per unit, at most ``workers`` at a time.
+
+    Ray Data's default per-operator resource reservation starts this single map operator with
+    one task until its budget catches up (seen on 2 CPUs: the second reader idled through the
+    first unit); it only matters between operators, and there is one, so it is turned off for
+    this dataset only.
+    """
+    import ray.data
+
+    ds = ray.data.from_items([{"unit": u} for u in units], override_num_blocks=len(units)).map_batches(
+        fn, batch_size=1, batch_format="numpy", num_cpus=1,
+        compute=ray.data.TaskPoolStrategy(size=max(1, min(workers, len(units)))), fn_kwargs=fn_kwargs)
+    ds.context.op_resource_reservation_enabled = False
+    return ds
+
+
+def _warm_worker(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Import what a reader task needs, so the first real unit does not pay for it."""
+    import cv2  # noqa: F401
+    import imagecodecs  # noqa: F401
+    import pyarrow.parquet  # noqa: F401
+
+    import pyarrow.fs  # noqa: F401
+
+    import medray.datasets.codec  # noqa: F401
+    import medray.datasets.shards  # noqa: F401
+    import medray.slides.reader  # noqa: F401
+    import medray.storage  # noqa: F401
+    return batch
+
+
+def warm_up_pipeline(workers: int) -> None:
+    """Run a no-op copy of the pipeline while the slides are planned.
+
+    The first Ray Data run in a driver waited 3–4 s (idle 2-core machine) before its first task
+    started (executor and worker set-up, imports in each worker process); paid here, it
+    overlaps the planning tasks instead of delaying the extraction, and the worker processes
+    that run the units find ``ray.data``, OpenSlide and the codecs already imported.
+    """
+    units_pipeline([""] * workers, _warm_worker, workers, {}).take_all()
+
+
 def run_extract(cfg: ExtractConfig, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) an extraction; returns the report (also written to ``report.json``)."""
     import ray
@@ -324,6 +416,9 @@ def run_extract(cfg: ExtractConfig, progress: bool = True) -> dict[str, Any]:
     plan_remote = ray.remote(num_cpus=1, max_retries=0)(_plan_task)
     cfg_ref = ray.put(cfg)
     pending = {plan_remote.remote(uri, annotations[sid], cfg_ref): (uri, sid) for uri, sid in todo}
+    workers = cfg.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    if todo:
+        warm_up_pipeline(workers)  # overlaps the planning tasks
     plans: dict[str, P.SlidePlan] = {}
     plan_info: dict[str, dict] = {}
     with tqdm(total=len(pending), desc="plan slides", unit="slide", disable=not progress) as bar:
@@ -352,10 +447,11 @@ def run_extract(cfg: ExtractConfig, progress: bool = True) -> dict[str, Any]:
     # 2. extract every unit with Ray Data; write a slide's marker when its last shard lands
     common = {"encoding": cfg.encoding, "quality": cfg.quality, "classes": classes, "config_hash": chash}
     units = [u for sid, plan in plans.items() for u in P.work_units(
-        plan, cfg.rows_per_shard, {**common, "mpp_override": plan_info[sid]["mpp_override"]})]
+        plan, cfg.rows_per_shard, {**common, "mpp_override": plan_info[sid]["mpp_override"]}, workers)]
     got: dict[str, dict[int, dict]] = {sid: {} for sid in plans}
     errors: dict[str, list[str]] = {sid: [] for sid in plans}
     seconds: dict[str, float] = {sid: plan_info[sid]["plan_seconds"] for sid in plans}
+    stage_seconds = {stage: 0.0 for stage in STAGES}
 
     def complete(sid: str) -> None:
         plan = plans[sid]
@@ -377,21 +473,18 @@ def run_extract(cfg: ExtractConfig, progress: bool = True) -> dict[str, Any]:
         if plan.num_patches == 0:
             complete(sid)
     remaining = collections.Counter(u["slide_id"] for u in units)
+    plan_seconds = time.perf_counter() - started
     extract_started = time.perf_counter()
     if units:
-        import ray.data
-
-        workers = cfg.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        items = [{"unit": json.dumps(u)} for u in units]
-        ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-            write_units, batch_size=1, batch_format="numpy", num_cpus=1,
-            compute=ray.data.TaskPoolStrategy(size=min(workers, len(items))),
-            fn_kwargs={"output": output, "storage": storage})
+        ds = units_pipeline([json.dumps(u) for u in units], write_units, workers,
+                            {"output": output, "storage": storage})
         with tqdm(total=sum(p.num_patches for p in plans.values()), desc="extract", unit="patch",
                   disable=not progress) as bar:
             for row in ds.iter_rows():
                 sid = str(row["slide_id"])
                 seconds[sid] += float(row["seconds"])
+                for stage in STAGES:
+                    stage_seconds[stage] += float(row[f"{stage}_seconds"])
                 if row["error"]:
                     errors[sid].append(f"chunk {int(row['chunk'])}: {row['error']}")
                 else:
@@ -415,8 +508,11 @@ def run_extract(cfg: ExtractConfig, progress: bool = True) -> dict[str, Any]:
         "slides": ordered,
         "counts": {s: sum(e["status"] == s for e in ordered) for s in ("ok", "skipped-complete", "failed")},
         "patches": totals, "patches_written_this_run": written,
+        "plan_seconds": round(plan_seconds, 3),
         "extract_seconds": round(extract_seconds, 3),
         "patches_per_second": round(written / extract_seconds, 1) if extract_seconds > 0 and written else None,
+        # Worker seconds per stage over all units of this run (sum over readers, not wall time).
+        "stage_seconds": {stage: round(v, 3) for stage, v in stage_seconds.items()},
         "seconds": round(time.perf_counter() - started, 3),
         "dataset": None,
     }

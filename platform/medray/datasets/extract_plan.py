@@ -185,19 +185,36 @@ def shard_name(slide_id: str, chunk: int) -> str:
     return f"{slide_id}-{chunk:05d}.parquet"
 
 
-def work_units(plan: SlidePlan, rows_per_unit: int, common: dict[str, Any]) -> list[dict[str, Any]]:
-    """Split a slide's patches into consecutive chunks; each becomes one task and one shard.
+def unit_bounds(n: int, rows_per_unit: int, parallelism: int = 1, min_rows: int = 64) -> list[tuple[int, int]]:
+    """(lo, hi) index ranges splitting ``n`` patches into near-equal chunks of at most ``rows_per_unit``.
+
+    The chunk count is rounded up to a multiple of ``parallelism`` (the readers) as long as chunks
+    keep ``min_rows`` patches, so one large slide ends with every reader busy instead of one
+    reader finishing a last, lone chunk. Sizes differ by at most one.
+    """
+    if n == 0:
+        return []
+    count = math.ceil(n / rows_per_unit)
+    if parallelism > 1:
+        count = max(count, min(math.ceil(count / parallelism) * parallelism, n // min_rows))
+    edges = [chunk * n // count for chunk in range(count + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def work_units(plan: SlidePlan, rows_per_unit: int, common: dict[str, Any], parallelism: int = 1
+               ) -> list[dict[str, Any]]:
+    """Split a slide's patches into consecutive chunks (see :func:`unit_bounds`); each is one task and one shard.
 
     Chunks follow reading order, so a unit covers a compact band of the slide (tile cache hits).
+    Shard names depend on the chunking, so they are stable for the same ``rows_per_unit`` and
+    ``parallelism``; a slide re-chunked on resume is redone whole and its old shards removed.
     """
+    bounds = unit_bounds(plan.num_patches, rows_per_unit, parallelism)
     units = []
-    n = plan.num_patches
-    count = max(1, math.ceil(n / rows_per_unit)) if n else 0
-    for chunk in range(count):
-        lo, hi = chunk * rows_per_unit, min(n, (chunk + 1) * rows_per_unit)
+    for chunk, (lo, hi) in enumerate(bounds):
         units.append({
             **common,
-            "slide_id": plan.slide_id, "uri": plan.uri, "chunk": chunk, "num_chunks": count,
+            "slide_id": plan.slide_id, "uri": plan.uri, "chunk": chunk, "num_chunks": len(bounds),
             "shard": shard_name(plan.slide_id, chunk), "level": plan.level, "mpp": plan.mpp,
             "size": plan.size, "extent": plan.extent,
             "xs": plan.xs[lo:hi].tolist(), "ys": plan.ys[lo:hi].tolist(), "labels": plan.labels[lo:hi].tolist(),

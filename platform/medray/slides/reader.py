@@ -51,6 +51,25 @@ def premultiplied_argb_to_rgb(argb: np.ndarray) -> np.ndarray:
     return np.minimum(out, 255).astype(np.uint8)
 
 
+def premultiplied_argb_to_bgrx(argb: np.ndarray) -> np.ndarray:
+    """OpenSlide's premultiplied ARGB (H×W uint32, little-endian) → an H×W×4 uint8 B, G, R, X view.
+
+    The same composite on white as :func:`premultiplied_argb_to_rgb`, but in place: an opaque
+    region (the usual case) is returned as a view of ``argb`` with no copy at all; libjpeg-turbo
+    encodes that byte order directly. The fourth byte is 255.
+    """
+    if argb.dtype != np.uint32 or argb.ndim != 2 or not np.little_endian:
+        raise ValueError(f"expected an H×W uint32 ARGB buffer on a little-endian host, got {argb.dtype} {argb.shape}")
+    bgrx = argb.view(np.uint8).reshape(*argb.shape, 4)
+    if argb.size and argb.min() < 0xFF000000:  # some alpha below 255 (the top byte)
+        blend = bgrx[..., :3].astype(np.uint16)
+        blend += (255 - bgrx[..., 3])[..., None]
+        np.minimum(blend, 255, out=blend)
+        bgrx[..., :3] = blend
+        bgrx[..., 3] = 255
+    return bgrx
+
+
 def _mpp_from_properties(props: dict[str, str]) -> float | None:
     """µm/px from OpenSlide's mpp properties, else the TIFF resolution tags with their unit."""
     for key in (openslide.PROPERTY_NAME_MPP_X, openslide.PROPERTY_NAME_MPP_Y):
@@ -192,6 +211,35 @@ class Slide:
 
         Every pixel must start on the slide: a region past the edge is a SlideError, not padding.
         """
+        x, y, w, h = self._check_region(x, y, level, size)
+        if self._direct is not None:
+            return premultiplied_argb_to_rgb(self._read_argb(x, y, level, w, h, np.empty((h, w), np.uint32)))
+        return _rgba_to_rgb(self._guarded(x, y, level, (w, h), lambda osr: np.asarray(
+            osr.read_region((x, y), level, (w, h)))))
+
+    def read_region_bgrx(self, x: int, y: int, level: int, size: tuple[int, int] | int,
+                         out: np.ndarray | None = None) -> np.ndarray:
+        """The region of :meth:`read_region` as H×W×4 uint8 in B, G, R, X order (X = 255).
+
+        That is OpenSlide's own pixel layout, so an opaque region costs no conversion: the
+        pixels land in ``out`` (a C-contiguous uint32 buffer of at least W·H elements, reused
+        across calls to skip allocating and faulting in fresh pages) and come back as a view
+        of it. Valid until ``out`` is reused. Same bounds checks and errors as read_region.
+        """
+        x, y, w, h = self._check_region(x, y, level, size)
+        if self._direct is None or not np.little_endian:  # pragma: no cover - old openslide-python
+            return cv2.cvtColor(self.read_region(x, y, level, (w, h)), cv2.COLOR_RGB2BGRA)
+        if out is None:
+            argb = np.empty((h, w), np.uint32)
+        else:
+            if out.dtype != np.uint32 or not out.flags.c_contiguous or out.size < w * h:
+                raise ValueError(f"out must be a C-contiguous uint32 buffer of >= {w * h} elements, "
+                                 f"got {out.dtype} {out.shape}")
+            argb = out.reshape(-1)[:w * h].reshape(h, w)
+        return premultiplied_argb_to_bgrx(self._read_argb(x, y, level, w, h, argb))
+
+    def _check_region(self, x: int, y: int, level: int, size: tuple[int, int] | int) -> tuple[int, int, int, int]:
+        """(x, y, w, h) as ints, or a SlideError naming the slide, the region and the bounds."""
         self._check_level(level)
         w, h = (size, size) if isinstance(size, (int, np.integer)) else size
         x, y, w, h = int(x), int(y), int(w), int(h)
@@ -204,21 +252,24 @@ class Slide:
                 f"slide {self.slide_id}: region x={x}, y={y}, size={(w, h)} at level {level} "
                 f"(level-0 box x {x}..{x + w * ds:g}, y {y}..{y + h * ds:g}) leaves the slide; "
                 f"level-0 bounds are 0 <= x < {width}, 0 <= y < {height}")
-        osr = self._handle()
+        return x, y, w, h
+
+    def _read_argb(self, x: int, y: int, level: int, w: int, h: int, argb: np.ndarray) -> np.ndarray:
+        """OpenSlide's premultiplied ARGB pixels of a checked region, written into ``argb`` (h×w)."""
+        pointer = argb.ctypes.data_as(ctypes.POINTER(ctypes.c_uint32))
+        self._guarded(x, y, level, (w, h), lambda osr: self._direct(osr._osr, pointer, x, y, level, w, h))
+        return argb
+
+    def _guarded(self, x: int, y: int, level: int, size: tuple[int, int], read: Any) -> Any:
+        """``read(handle)``, with an OpenSlide failure turned into a SlideError naming the region."""
         try:
-            if self._direct is not None:
-                argb = np.empty((h, w), np.uint32)
-                self._direct(osr._osr, argb.ctypes.data_as(ctypes.POINTER(ctypes.c_uint32)),
-                             x, y, level, w, h)
-                return premultiplied_argb_to_rgb(argb)
-            rgba = np.asarray(osr.read_region((x, y), level, (w, h)))
+            return read(self._handle())
         except openslide.OpenSlideError as err:
             # OpenSlide latches errors: reopen so later reads of good tiles still work.
             self.close()
             self._osr = _open_handle(self.uri, self.path)
-            raise SlideError(f"slide {self.slide_id}: reading region x={x}, y={y}, size={(w, h)} at "
+            raise SlideError(f"slide {self.slide_id}: reading region x={x}, y={y}, size={size} at "
                              f"level {level} failed (corrupt tile?): OpenSlide says: {err}") from None
-        return _rgba_to_rgb(rgba)
 
     def read_level(self, level: int, max_pixels: int = MAX_LEVEL_PIXELS) -> np.ndarray:
         """A whole level as RGB; refuses levels over ``max_pixels`` (use thumbnail or regions)."""
