@@ -9,33 +9,40 @@ shard; the whole job (planning, Ray Data start-up overlapped with it) is printed
 (c) a single-process profile of the reader task's own function (``write_units``: read, encode,
 Arrow table, Parquet shard) over the same units, in ms per patch, no Ray involved.
 
-Per-patch cost of the reader task, single process, 16,384² generated slide, 724 tissue-grid
-patches 256² at level 0, JPEG q90 (ms/patch; 2-core machine with other jobs running, so
-±15 %; the raw read_region loop measured 1.8–2.3 ms/patch beside it):
+Per-patch cost of the reader task, one process, the 40,000² generated slide (4,271 tissue-grid
+patches 256² at level 0, JPEG q90): the code before this change against after, same units,
+interleaved, best of 3 per unit, in ms/patch (2-core machine, other jobs light: ±10 %; the raw
+openslide-python read_region loop beside it: 1.67):
 
-=========================  ==============================  =====================================
-stage                      before                          after
-=========================  ==============================  =====================================
-read (OpenSlide)           2.0 (strips of <= 8 patches,    1.6–1.9 (same strips into one reused
-                           fresh ARGB buffer per strip)    buffer, OpenSlide's B,G,R,X layout kept)
-RGBA→RGB conversion        0.1–0.2 (cv2 copy + fresh       0 (none for opaque regions; in place
-                           pages per strip)                composite on white at slide edges)
-JPEG encode                0.45–0.65 (Pillow: strided      0.23–0.32 (libjpeg-turbo through
-                           view copied, then encoded)      imagecodecs, straight from the strip
-                                                           view; byte-identical output)
-Arrow table                0.01–0.03                       0.01
-Parquet shard + record     0.10–0.15 (zstd over JPEG)      0.04–0.06 (no compression: zstd won 4 %)
-=========================  ==============================  =====================================
+======================  ======  ======  =====================================================
+stage                   before  after   what changed
+======================  ======  ======  =====================================================
+read (OpenSlide)        1.65    1.70    same strips; one reused buffer; opaque check included
+RGBA→RGB conversion     0.055   0       none: OpenSlide's B,G,R,X bytes go to the encoder
+JPEG encode             0.445   0.285   libjpeg-turbo via imagecodecs from the strided strip
+                                        view (Pillow copied each patch first); same bytes
+Arrow table             0.010   0.009   (was already small)
+Parquet shard + record  0.077   0.062   no compression (zstd won 4 % on JPEG bytes)
+total                   2.24    2.06    beyond the read: 0.59 → 0.36
+======================  ======  ======  =====================================================
 
-Beyond the reader task, the pipeline itself lost most: Ray Data's per-operator resource
-reservation ran the single map operator with one task at a time on 2 CPUs (now off for this
-dataset), the first Ray Data run in a driver spent 3–4 s before its first task started
-(executor and worker start-up; now a no-op warm-up run overlaps the planning tasks), and
-chunks of ``rows_per_shard`` left one reader alone with the last chunk (724 patches → 512 + 212;
-now near-equal chunks, their count a multiple of the readers: 362 + 362). Same 16,384² slide,
-idle 2-core machine: before 139 patches/s (ratio 0.147), after 580–690 patches/s
-(read+encode+write 1.05–1.25 s for 724 patches; ratio ≈ 0.65 at this size, where the
-~0.2 s of per-run executor overhead is still 15 % of the run).
+(16,384² slide, best of 5: before 1.52 + 0.047 + 0.427 + 0.007 + 0.062 = 2.06, after
+1.55 + 0 + 0.266 + 0.007 + 0.039 = 1.86, raw loop 1.71.) Reading strips of up to 8 adjacent
+patches in one call instead of one call per patch made no measurable difference on this
+tile-aligned grid: OpenSlide's cost is per tile (generic-tiff and Aperio JPEG tiles go through
+libtiff's TIFFRGBAImage: 0.93–1.3 ms a tile, against 0.2–0.3 ms for libjpeg-turbo decoding the
+same tile bytes), not per call.
+
+Most of the loss was in the pipeline, not the task: Ray Data's per-operator resource
+reservation ran the single map operator one task at a time on 2 CPUs (now off for this
+dataset); the first Ray Data run in a driver waited 3–4 s before its first task (executor, its
+two actors and the worker processes importing ray.data; now a no-op warm-up run overlaps the
+planning tasks); and chunks of ``rows_per_shard`` left one reader alone with the last chunk
+(724 patches → 512 + 212; now near-equal chunks, their count a multiple of the readers). Same
+16,384² slide, 2 workers: before 139 patches/s (ratio 0.147, idle machine), after 730 patches/s
+(724 patches in 0.99 s; raw loop 583/s, ratio 0.63; the whole job 4.5 s, 3.5 s of it planning
+with the Ray Data start-up). The ratio is measured on ``extract_seconds`` as before; the
+whole-job ratio is printed beside it.
 
 The default slide is the issue's 40,000² px (4,271 tissue-grid patches): generating it took
 101 s on the idle 2-core machine; ``--workdir DIR`` keeps it for the next run. Example:
