@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("medray.commands.demo", "run the main workflow end to end on synthetic data"),
     "serve": ("medray.commands.serve", "validate a Serve config and run the inference app (serve run)"),
     "extract": ("medray.commands.extract", "extract labelled slide patches into a Parquet dataset on Ray"),
-    "mitosis": ("medray.commands.mitosis", "two-stage mitosis detection: prepare, train, detect, compare"),
+    "mitosis": ("medray.commands.mitosis", "two-stage mitosis detection: train-proposals (optional UNet), prepare, train, detect, compare"),
 }
 
 

@@ -194,3 +194,26 @@ def test_unet_proposals_learn_on_generated_hpfs(tmp_path, held_out):
     assert np.mean(unet_counts) < np.mean(stain_counts) / 3, (unet_counts, stain_counts)
     # what the config loaded is what was trained: same probabilities as a fresh load
     np.testing.assert_allclose(loaded(held_out[0][1]), load_segmenter(ckpt)(held_out[0][1]))
+
+
+def test_cli_trains_the_unet_proposer_from_an_hpf_folder(tmp_path, capsys):
+    """`medray mitosis train-proposals` trains on a generated HPF folder and writes a loadable model;
+    without inputs.hpf_dir it is a config error (exit 2), not a traceback."""
+    import json
+
+    from medray.cli import main
+    from medray.mitosis.segmentation import load_segmenter
+    from medray.synth import hpf
+
+    folder = tmp_path / "hpf"
+    hpf.generate(hpf.Config(output=str(folder), num_images=2, size=256, mitoses_min=2, mitoses_max=3, seed=2))
+    out = tmp_path / "mitosis"
+    assert main(["mitosis", "train-proposals", "--steps", "40", f"inputs.hpf_dir={folder}", f"output={out}"]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(printed[printed.index("{"):])
+    assert result["images"] == 2 and result["figures"] >= 4
+    assert result["use_with"] == f"proposals.method=unet proposals.unet_model={out / 'unet.pt'}"
+    assert (out / "unet.pt").is_file()
+    assert load_segmenter(str(out / "unet.pt")) is not None
+    assert main(["mitosis", "train-proposals", f"output={out}"]) == 2
+    assert "inputs.hpf_dir" in capsys.readouterr().err
