@@ -217,3 +217,17 @@ def test_cli_trains_the_unet_proposer_from_an_hpf_folder(tmp_path, capsys):
     assert load_segmenter(str(out / "unet.pt")) is not None
     assert main(["mitosis", "train-proposals", f"output={out}"]) == 2
     assert "inputs.hpf_dir" in capsys.readouterr().err
+
+
+def test_unet_checkpoint_in_object_storage_reaches_propose(s3_bucket, s3_options):
+    """A UNet saved to s3:// (loopback S3 server) is loaded by ``propose`` with the storage options."""
+    from medray.mitosis.segmentation import train_unet
+    from medray.synth import hpf
+
+    layout = hpf.field_layout(hpf.Config(size=256, mitoses_min=2, mitoses_max=2, seed=5), 0)
+    image = hpf.render_field(layout)
+    uri = f"{s3_bucket}/models/unet.pt"
+    train_unet([image], [[[128.0, 128.0]]], steps=3, output=uri, storage=s3_options)
+    cfg = ProposalConfig(method="unet", unet_model=uri)
+    points = propose(image, cfg, storage=s3_options)
+    assert points.ndim == 2 and points.shape[1] == 2

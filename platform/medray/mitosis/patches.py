@@ -133,7 +133,7 @@ def write_patch_dataset(units: list, output_uri: str, cfg: MitosisConfig, mimics
             if truth is None:
                 raise MedrayError(f"{unit.unit_id}: no mitosis CSV (training needs truth; expected "
                                   f"mitoses/{unit.unit_id}.csv)")
-            cand = propose(rgb, cfg.proposals)
+            cand = propose(rgb, cfg.proposals, storage=cfg.storage)
         except MedrayError as err:
             failures.append({"unit_id": unit.unit_id, "error": str(err)})
             continue

@@ -69,18 +69,19 @@ def merge_close(points: np.ndarray, distance: float) -> np.ndarray:
     return out / np.bincount(labels)[:, None]
 
 
-def propose(rgb: np.ndarray, cfg: ProposalConfig | None = None, segmenter=None) -> np.ndarray:
+def propose(rgb: np.ndarray, cfg: ProposalConfig | None = None, segmenter=None, storage=None) -> np.ndarray:
     """Candidate nucleus centres (x, y), float64 (N, 2), sorted by row then column.
 
     ``segmenter`` (unet only): a ``segmentation.Segmenter`` to use instead of ``cfg.unet_model``
-    (which is loaded once per file version and reused across calls).
+    (which is loaded once per file version and reused across calls; ``storage`` reaches an
+    ``s3://`` checkpoint).
     """
     cfg = cfg or ProposalConfig()
     if cfg.method == "unet":
         if segmenter is None:
             from medray.mitosis.segmentation import cached_segmenter
 
-            segmenter = cached_segmenter(cfg.unet_model)
+            segmenter = cached_segmenter(cfg.unet_model, storage)
         prob = segmenter(np.asarray(rgb))
         pts = components_to_points(prob >= cfg.unet_threshold, prob, cfg.min_area, cfg.max_area)
     else:

@@ -53,7 +53,7 @@ def run_approach(approach: str, rgb: np.ndarray, model, cfg, threshold: float) -
 
     t0 = time.perf_counter()
     if approach == "proposals":
-        points = propose(rgb, cfg.proposals)
+        points = propose(rgb, cfg.proposals, storage=cfg.storage)
     elif approach == "sliding_window":
         points = window_centres(rgb.shape[:2], cfg.patches.size, cfg.sliding_window.stride)
     else:

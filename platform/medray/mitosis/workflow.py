@@ -60,7 +60,7 @@ def tune_threshold(cfg: MitosisConfig, model_uri: str, units: list) -> dict:
     per_image = {}
     for unit in units:
         rgb, truth, _ = load_unit(unit, cfg.storage)
-        points = propose(rgb, cfg.proposals)
+        points = propose(rgb, cfg.proposals, storage=cfg.storage)
         per_image[unit.unit_id] = (points, score_points(model, rgb, points, cfg.patches.size,
                                                         cfg.detect.batch_size), truth)
     threshold, scores = best_threshold(per_image, cfg.matching.radius, cfg.clustering.distance)
