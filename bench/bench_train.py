@@ -34,13 +34,13 @@ def plain_loop(images, labels, cfg) -> list[tuple[int, float]]:
 
     from medray.models.preprocess import to_tensor
     from medray.models.registry import build_model
-    from medray.train.loop import build_optimizer, make_preprocessing, seed_everything
+    from medray.train.loop import (build_optimizer, make_preprocessing, mixed_precision, seed_everything,
+                                   train_step)
 
     torch.set_num_threads(cfg.num_threads)
     seed_everything(cfg.seed)
     device = torch.device("cuda" if cfg.scaling.use_gpu else "cpu")
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision) if device.type == "cuda" else None
-    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
+    amp, scaler = mixed_precision(device, cfg.mixed_precision)
     model = build_model(cfg.model).to(device)
     opt = build_optimizer(model.parameters(), cfg.optimizer)
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -55,16 +55,7 @@ def plain_loop(images, labels, cfg) -> list[tuple[int, float]]:
             take = order[i:i + cfg.batch_size]
             x = to_tensor(images[take], prep).contiguous().to(device)
             y = torch.as_tensor(labels[take]).to(device)
-            opt.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                loss = loss_fn(model(x), y)
-            if scaler is not None:  # the same step as the Ray Train loop's
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-            else:
-                loss.backward()
-                opt.step()
+            train_step(model, loss_fn, opt, x, y, amp, scaler)  # the Ray Train loop's own step
         if device.type == "cuda":
             torch.cuda.synchronize()
         epochs.append((len(order), time.perf_counter() - start))

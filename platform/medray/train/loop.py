@@ -78,6 +78,30 @@ def predict_scores(model: nn.Module, batches, device, amp_dtype=None) -> tuple[n
     return np.concatenate(probs), np.concatenate(labels)
 
 
+def mixed_precision(device: torch.device, precision: str):
+    """(autocast dtype or None, GradScaler or None): AMP on a GPU only; fp16 needs the scaler."""
+    if device.type != "cuda" or precision == "none":
+        return None, None
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return dtype, torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+
+
+def train_step(model: nn.Module, loss_fn, optimizer, x: torch.Tensor, y: torch.Tensor, amp_dtype=None,
+               scaler=None) -> torch.Tensor:
+    """One optimizer step (autocast to ``amp_dtype`` when set; fp16 goes through ``scaler``); the loss."""
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        loss = loss_fn(model(x), y)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    return loss
+
+
 FAILURE_MARKER = "_failure_injected"
 
 
@@ -132,9 +156,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         torch.set_num_threads(cfg.num_threads)
     seed_everything(cfg.seed)
     device = ray.train.torch.get_device()
-    use_amp = device.type == "cuda" and cfg.mixed_precision != "none"
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision) if use_amp else None
-    scaler = torch.amp.GradScaler("cuda") if use_amp and amp_dtype == torch.float16 else None
+    amp_dtype, scaler = mixed_precision(device, cfg.mixed_precision)
 
     model = build_model(cfg.model.model_copy(update={"num_classes": len(classes)}), cfg.storage)
     start_epoch, history, state = 0, [], None
@@ -170,16 +192,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                                                    local_shuffle_seed=cfg.seed * 1000 + epoch):
             per_class += torch.bincount(y, minlength=len(classes))
             x, y = x.to(device), y.to(device)
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                loss = loss_fn(model(x), y)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
+            loss = train_step(model, loss_fn, optimizer, x, y, amp_dtype, scaler)
             total += float(loss.detach()) * len(y)
             seen += len(y)
         seconds = time.perf_counter() - started  # the training pass only (no validation/checkpoint)
@@ -196,9 +209,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 if positive is not None and len(labels) and len(np.unique(labels)) > 1:
                     threshold = float(best_f1_threshold(labels == positive, probs[:, positive])[0])
                 val = classification_metrics(labels, probs, classes, threshold) if len(labels) else {}
-                metrics.update({f"val_{k}": float(v) for k, v in val.items() if _is_number(v)})
+                metrics.update({f"val_{k}": float(v) for k, v in val.items() if is_number(v)})
                 metrics["threshold"] = threshold
-                history.append({k: v for k, v in metrics.items() if _is_number(v)})
+                history.append({k: v for k, v in metrics.items() if is_number(v)})
                 torch.save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                             "epoch": epoch + 1, "threshold": threshold, "classes": classes,
                             "history": history}, os.path.join(tmp, CHECKPOINT_FILE))
@@ -227,7 +240,7 @@ def metric_key(name: str) -> str:
     return re.sub(r"[^\w\-. /:]", "_", str(name))
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
@@ -241,5 +254,5 @@ def _log_mlflow_epoch(loop_config: dict[str, Any], metrics: dict[str, Any]) -> N
     client = MlflowClient(tracking_uri=loop_config["mlflow_tracking_uri"])
     step = int(metrics["epoch"])
     for key, value in metrics.items():
-        if key not in ("epoch", "rank") and _is_number(value):
+        if key not in ("epoch", "rank") and is_number(value):
             client.log_metric(run_id, key, float(value), step=step)

@@ -61,9 +61,9 @@ def balance_plan(class_counts: dict[str, int]) -> dict[str, int]:
     return {n: int(r) for n, r in zip(names, balance_repeats([class_counts[n] for n in names]))}
 
 
-def balanced_dataset(ds, class_counts: dict[str, int]):
-    """Repeat minority-class rows so classes appear about equally often in each epoch."""
-    label_repeats = balance_plan(class_counts)
+def balanced_dataset(ds, label_repeats: dict[str, int]):
+    """Repeat each row ``label_repeats[label_name]`` times (a ``balance_plan``), so classes appear
+    about equally often in each epoch."""
     if all(r == 1 for r in label_repeats.values()):
         return ds
     return ds.map_batches(repeat_rows_by_class, batch_format="pyarrow", fn_kwargs={"label_repeats": label_repeats})

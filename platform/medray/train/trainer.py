@@ -15,17 +15,11 @@ from typing import Any
 import numpy as np
 
 from medray.errors import ConfigError
+from medray.runtime import ensure_ray
 from medray.storage import atomic_write_text, exists, get_filesystem, join_uri, read_text
 from medray.train.config import TrainConfig
 
 RUN_NAME = "run"
-
-
-def ensure_ray(cfg: TrainConfig) -> None:
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=cfg.ray.address, num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus)
 
 
 def checkpoint_root(cfg: TrainConfig) -> str:
@@ -124,7 +118,7 @@ def read_checkpoint(checkpoint) -> tuple[dict[str, Any], np.ndarray, np.ndarray]
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     """Train as configured and publish the model; returns a JSON-able summary."""
-    ensure_ray(cfg)
+    ensure_ray(cfg.ray)
     if cfg.mode == "transfer":
         from medray.train.transfer import train_transfer
 
@@ -145,7 +139,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     repeats = dict.fromkeys(classes, 1)
     if cfg.imbalance == "balanced_sampling":
         repeats = sampling.balance_plan(data.counts["train"])
-        base_train = sampling.balanced_dataset(base_train, data.counts["train"])
+        base_train = sampling.balanced_dataset(base_train, repeats)
     stream_counts = {c: data.counts["train"][c] * repeats[c] for c in classes}
     run_id, tracking_uri = (_start_mlflow(cfg, data, resume, stream_counts) if _mlflow_on(cfg)
                             else (None, None))
@@ -246,6 +240,7 @@ def _log_final(cfg, model, spec, prep, classes, threshold, run_id, metrics, plot
 
     from medray.storage import local_copy
     from medray.train import tracking
+    from medray.train.loop import is_number
 
     tracking.configure(cfg.mlflow)
     size = cfg.preprocessing.size
@@ -254,16 +249,12 @@ def _log_final(cfg, model, spec, prep, classes, threshold, run_id, metrics, plot
     else:
         example = np.zeros((1, size, size, cfg.model.in_channels), np.uint8)
     with mlflow.start_run(run_id=run_id):
-        mlflow.log_metrics({f"final_{k}": float(v) for k, v in metrics.items() if _number(v)})
+        mlflow.log_metrics({f"final_{k}": float(v) for k, v in metrics.items() if is_number(v)})
         mlflow.set_tag("medray.threshold", f"{threshold:.6g}")
         for name, uri in plots.items():
             mlflow.log_artifact(local_copy(uri, cfg.storage), artifact_path="plots")
         logged = tracking.log_model(model, spec, classes, prep, threshold, cfg.registered_model_name, example)
     return {"model_uri": logged.get("model_uri"), "model_version": logged.get("version")}
-
-
-def _number(v: Any) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
 
 
 def _jsonable(metrics: dict[str, Any]) -> dict[str, Any]:
