@@ -35,6 +35,21 @@ def test_cmu_small_region(shared_slides):
         assert 10 < len(coords) < 8 * 11  # some, not all, of the 8×11 grid
 
 
+def test_aperio_jpeg_tiles_decoded_directly_match_openslide(shared_slides):
+    """Aperio's RGB JPEG tiles (shared JPEGTables, 240² tiles) take the direct path, same pixels."""
+    path = str(shared_slides / "CMU-1-Small-Region.svs")
+    rng = np.random.default_rng(3)
+    with open_slide(path) as fast, open_slide(path, tile_decode=False) as plain:
+        assert fast.direct_tile_levels == (0,)
+        for _ in range(40):
+            w, h = (int(v) for v in rng.integers(1, 700, 2))
+            x, y = int(rng.integers(0, 2220 - w)), int(rng.integers(0, 2967 - h))
+            assert np.array_equal(fast.read_region(x, y, 0, (w, h)), plain.read_region(x, y, 0, (w, h)))
+        assert fast._tiles._verified == {0: True}
+    with open_slide(str(shared_slides / "tcga-cr-7395-01a-01-ts1.svs")) as jp2k:
+        assert jp2k.direct_tile_levels == ()  # JPEG 2000 tiles: OpenSlide decodes them
+
+
 def test_tcga_jpeg2000_without_mpp(shared_slides):
     path = str(shared_slides / "tcga-cr-7395-01a-01-ts1.svs")
     with open_slide(path) as slide:

@@ -174,7 +174,10 @@ def read_unit_strips(slide: Any, unit: dict[str, Any]):
     xs, ys = np.asarray(unit["xs"], np.int64), np.asarray(unit["ys"], np.int64)
     size, extent, level = unit["size"], unit["extent"], unit["level"]
     exact = math.isclose(size * slide.level_downsamples[level], extent)
-    runs = P.strip_runs(xs, ys, extent, MAX_RUN if exact else 1)
+    # Row runs save OpenSlide calls; a directly decoded JPEG level is read patch by patch, so a
+    # tile-sized patch decodes straight into the buffer instead of through a tile copy.
+    batched = exact and level not in getattr(slide, "direct_tile_levels", ())
+    runs = P.strip_runs(xs, ys, extent, MAX_RUN if batched else 1)
     buffer = np.empty(size * size * max((length for _, length in runs), default=0), np.uint32)
     for start, length in runs:
         yield start, length, slide.read_region_bgrx(int(xs[start]), int(ys[start]), level, (size * length, size),
