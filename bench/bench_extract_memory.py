@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,57 +22,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "platform"))
+sys.path.insert(0, str(ROOT / "bench"))
 
-
-def _children() -> dict[int, list[int]]:
-    """ppid → pids, from /proc (no psutil needed)."""
-    tree: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        tree.setdefault(ppid, []).append(int(entry))
-    return tree
-
-
-def _rss_kib(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def tree_rss_mib(root: int) -> float:
-    """Resident memory of ``root`` and all its descendants, MiB."""
-    tree, total, todo = _children(), 0, [root]
-    while todo:
-        pid = todo.pop()
-        total += _rss_kib(pid)
-        todo.extend(tree.get(pid, []))
-    return total / 1024
+from proc_memory import peak_of_child  # noqa: E402
 
 
 def measure(slides: list[str], output: str, workers: int) -> tuple[float, dict]:
     """Run one extraction in a child process; (peak MiB of its process tree, the job's summary)."""
-    child = subprocess.Popen([sys.executable, __file__, "--child", "--workers", str(workers), "--output", output,
-                              *slides], stdout=subprocess.PIPE, text=True)
-    peak = 0.0
-    while child.poll() is None:
-        peak = max(peak, tree_rss_mib(child.pid))
-        time.sleep(0.1)
-    out = child.stdout.read()
-    if child.returncode != 0:
-        raise SystemExit(f"extraction child failed ({child.returncode}):\n{out[-2000:]}")
-    return peak, json.loads(out.strip().splitlines()[-1])
+    return peak_of_child([__file__, "--child", "--workers", str(workers), "--output", output, *slides], "extraction")
 
 
 def child_main(args: argparse.Namespace) -> None:

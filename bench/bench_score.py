@@ -3,7 +3,8 @@
 Generates one synthetic slide (``--size``; the brief's 40,000 px takes several minutes to render
 on 2 cores, so the default is smaller and says so), saves an untrained model bundle (throughput
 does not depend on the weights), measures the bare forward rate on in-memory uint8 batches of
-the job's batch size with the same threads a model actor gets, then runs ``score_slides``.
+the job's batch size with the same threads a model actor gets (before and after the job; the
+faster is the baseline), then runs ``score_slides``.
 Last line: ``score ratio: <job patches/s ÷ bare patches/s>`` (target >= 0.8).
 """
 
@@ -84,10 +85,10 @@ def main() -> None:
 
     predictor_cpus = 1
     device = "cuda" if args.gpu else "cpu"
-    bare = bare_rate(load_model(bundle, device=device, precision=args.precision), args.batch_size, args.patch,
-                     predictor_cpus)
+    bare_model = load_model(bundle, device=device, precision=args.precision)
+    bare_before = bare_rate(bare_model, args.batch_size, args.patch, predictor_cpus)
     print(f"bare model ({args.model}, {args.patch} px, batch {args.batch_size}, {device}, precision "
-          f"{args.precision}, {predictor_cpus} thread): {bare:.1f} patches/s")
+          f"{args.precision}, {predictor_cpus} thread), before the job: {bare_before:.1f} patches/s")
 
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     predictors = args.predictors or (1 if args.gpu else max(1, int(ray.cluster_resources()["CPU"]) // 2))
@@ -100,6 +101,12 @@ def main() -> None:
         raise SystemExit(f"scoring failed: {entry['reason']}")
     p = entry["patches"]
     job_rate = p["scored"] / report["seconds"]
+    ray.shutdown()
+    # measured again once the cluster is gone; the faster of the two is the baseline (a noisy
+    # machine slows one of them, and a slow baseline would flatter the job)
+    bare_after = bare_rate(bare_model, args.batch_size, args.patch, predictor_cpus)
+    bare = max(bare_before, bare_after)
+    print(f"bare model after the job: {bare_after:.1f} patches/s; baseline: {bare:.1f}")
     bare_total = bare if args.gpu else bare * cfg.predictors  # actors share the one GPU
     print(f"slide {entry['slide_id']}: wall {report['seconds']:.1f} s (plan {entry['seconds']['plan']:.1f} s, "
           f"score {entry['seconds']['score']:.1f} s, write {entry['seconds']['write']:.1f} s)")

@@ -20,7 +20,9 @@ requests still on their way through the proxy. ``--wait-ms`` is ``batch_wait_tim
 request waits that long, so it is part of the p50 overhead; full batches under load never wait.
 
 It also prints the CPU time each Serve process spent per request under load (Linux ``/proc``):
-on 2 cores that, not the model, bounds requests/s for a small model.
+on 2 cores that, not the model, bounds requests/s for a small model. ``--ingress`` picks how HTTP
+reaches the app (``medray.serve.ingress_mode``): ``haproxy`` (medray's default: HAProxy in front
+of an ingress replica that serves HTTP itself) or ``proxy`` (Ray Serve's Python proxy actor).
 
 Last lines: ``p50 overhead: <ms>`` (target <= 20 ms) and ``serve ratio: <Serve throughput /
 bare batched throughput>`` (target >= 0.7).
@@ -123,7 +125,7 @@ async def _load(url: str, payload: bytes, clients: int, seconds: float, singles:
         cpu_after = _cpu_seconds()
         out["stats_after"] = await asyncio.to_thread(_stats)
         out["cpu_ms"] = {role: (cpu_after[role] - cpu_before.get(role, 0.0)) * 1000 / max(count, 1)
-                         for role in cpu_after if role.startswith(("Proxy", "ServeReplica:bench", "client"))}
+                         for role in cpu_after if role.startswith(("Proxy", "HAProxy", "ServeReplica:bench", "client"))}
         out.update(rps=count / elapsed, requests=count, errors=errors,
                    load_p50_ms=float(np.median(latencies)) * 1000,
                    load_p99_ms=float(np.percentile(latencies, 99)) * 1000)
@@ -145,12 +147,22 @@ def _cpu_seconds() -> dict[str, float]:
         return {}
     procs = {pid: info for pid in os.listdir("/proc") if pid.isdigit() and (info := read(pid))}
     raylets = {int(pid) for pid, (ppid, cmd, _) in procs.items() if ppid == os.getpid() and "raylet" in cmd}
+    children: dict[int, list[int]] = collections.defaultdict(list)
+    for pid, (ppid, _, _) in procs.items():
+        children[ppid].append(int(pid))
+    ours, todo = set(), list(raylets)
+    while todo:  # every process under this cluster's raylet (HAProxy is a Serve actor's child)
+        pid = todo.pop()
+        ours.add(pid)
+        todo.extend(children.get(pid, []))
     out: collections.Counter = collections.Counter()
     for pid, (ppid, cmd, cpu) in procs.items():
         if int(pid) == os.getpid():
             out["client"] += cpu
         elif ppid in raylets and cmd.startswith("ray::"):
             out[cmd.removeprefix("ray::").split(".")[0]] += cpu
+        elif int(pid) in ours and os.path.basename(cmd) == "haproxy":
+            out["HAProxy"] += cpu
     return out
 
 
@@ -211,8 +223,14 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each throughput run")
     parser.add_argument("--singles", type=int, default=50, help="sequential single-image runs for the p50s")
     parser.add_argument("--gpu", action="store_true", help="bare model and replica on the GPU (bf16 autocast)")
+    parser.add_argument("--ingress", choices=["haproxy", "proxy"], default="haproxy",
+                        help="how HTTP reaches the app (medray.serve.ingress_mode; default: medray's, haproxy)")
     opts = parser.parse_args()
     opts.clients = opts.clients or 3 * opts.batch
+
+    from medray.serve.ingress_mode import ingress_env
+
+    os.environ.update(ingress_env(opts.ingress, drain_s=1))  # before ray.init: the cluster inherits it
 
     from medray.datasets.codec import encode_image
     from medray.serve.demo_models import skin_image, untrained_model
@@ -224,7 +242,8 @@ def main() -> int:
                     "cuda" if opts.gpu else "cpu")
         srv = through_serve(bundle, payload, opts)
     print(f"model      : {opts.model} {opts.size}x{opts.size}, batch {opts.batch}, torch threads {opts.threads} "
-          f"(replica: {srv['torch_threads']}), {'GPU' if opts.gpu else 'CPU'}, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, {opts.cpus} CPUs")
+          f"(replica: {srv['torch_threads']}), {'GPU' if opts.gpu else 'CPU'}, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, "
+          f"{opts.cpus} CPUs, ingress {opts.ingress}")
     print(f"bare model : {base['ips']:8.1f} images/s (batch {opts.batch}), p50 one image {base['p50_ms']:7.2f} ms")
     print(f"ray serve  : {srv['rps']:8.1f} requests/s ({opts.clients} clients, {srv['requests']} requests, "
           f"p50 {srv['load_p50_ms']:.1f} ms, p99 {srv['load_p99_ms']:.1f} ms under load), "

@@ -279,7 +279,7 @@ class Demo:
         finally:
             serve.shutdown()
         return {"url": base, "docs": f"{base}/docs", "responses": calls,
-                "serve_yourself": "serve run serve_configs/local.yaml  (models under medray-data/demo/models)"}
+                "serve_yourself": "medray serve  (serve_configs/local.yaml; models under medray-data/demo/models)"}
 
 
 def _brief(metrics: dict) -> dict:
@@ -308,6 +308,11 @@ def run_demo(config: DemoConfig) -> dict:
     Path(demo.workdir).mkdir(parents=True, exist_ok=True)
     write_resolved_config(config, demo.workdir, name="demo_config.yaml")
     if not ray.is_initialized():
+        from medray.serve.ingress_mode import ingress_env
+
+        # the serve step goes through HAProxy, as `medray serve` does (unless the caller chose)
+        for key, value in ingress_env("haproxy", drain_s=2).items():
+            os.environ.setdefault(key, value)
         ray.init(num_cpus=config.num_cpus, include_dashboard=False, log_to_driver=False)
     for step in STEPS:
         if step in config.steps:

@@ -168,6 +168,20 @@ def test_committed_rayservice_matches_the_production_serve_config():
                         "render-rayservice`\n" + "\n".join(diff))
 
 
+def test_rayservice_pods_run_serve_behind_haproxy():
+    """Every RayService pod gets medray's ingress mode (the switches Ray reads at start-up)."""
+    from medray.serve.ingress_mode import active_mode, ingress_env
+
+    service = yaml.safe_load((K8S / "rayservice.prod.yaml").read_text())
+    spec = service["spec"]["rayClusterConfig"]
+    pods = [spec["headGroupSpec"]] + spec["workerGroupSpecs"]
+    for pod in pods:
+        for container in pod["template"]["spec"]["containers"]:
+            env = {e["name"]: e.get("value") for e in container.get("env", [])}
+            assert {k: env.get(k) for k in ingress_env("haproxy")} == ingress_env("haproxy"), container["name"]
+            assert active_mode(env) == "haproxy"
+
+
 def test_render_rejects_a_serve_config_without_applications(tmp_path):
     root = _render_repo(tmp_path, "http_options: {host: 127.0.0.1}\n")
     with pytest.raises(ConfigError, match="no 'applications' list"):

@@ -4,6 +4,7 @@ Examples:
   medray serve                                   # serve_configs/local.yaml on 127.0.0.1:8000
   medray serve --demo-models                     # first run the demo's training steps if models are missing
   medray serve --check serve_configs/production.yaml
+  medray serve --ingress proxy                   # Ray's Python proxy instead of HAProxy
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--check", action="store_true", help="only validate the config file and exit")
     parser.add_argument("--demo-models", action="store_true",
                         help="first train the demo's models (medray demo) where local model_uri paths have no bundle")
+    parser.add_argument("--ingress", choices=["haproxy", "proxy"], default="haproxy",
+                        help="haproxy (default): HAProxy in front of ingress replicas that serve HTTP themselves; "
+                             "proxy: Ray Serve's Python proxy. Applies to the local cluster `serve run` starts; "
+                             "a cluster given by RAY_ADDRESS keeps the mode it was started with")
 
 
 def _missing_local_models(args_by_app: dict) -> list[str]:
@@ -61,5 +66,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"no model bundle at {missing}: run `make demo` (or `medray serve --demo-models`) first",
               file=sys.stderr)
         return 2
+    import os
+
+    from medray.serve.ingress_mode import DRAIN_ENV, ingress_env
+
+    env = {**os.environ, **ingress_env(args.ingress)}
+    env.setdefault(DRAIN_ENV, "2")  # one machine, no load balancer to wait for (Ray's default: 30 s)
     # `serve run` stops cleanly on SIGTERM (it ignores SIGINT when backgrounded)
-    return subprocess.call([sys.executable, "-m", "ray.serve.scripts", "run", args.config])
+    return subprocess.call([sys.executable, "-m", "ray.serve.scripts", "run", args.config], env=env)

@@ -424,6 +424,10 @@ def score_slides(config: ScoreConfig | dict, progress_callback: ProgressCallback
         from medray.infer.predictor import Predictor, resolve_device
 
         ds = ray.data.from_items([{"unit": u} for u in units], override_num_blocks=len(units))
+        # Read-ahead is capped in bytes: with reads faster than the model, Ray Data would otherwise
+        # fill up to its share of the object store (~30% of RAM) with decoded patches.
+        ds.context.execution_options.resource_limits = ray.data.ExecutionResources.for_limits(
+            object_store_memory=cfg.buffer_mb << 20)
         # A read task's memory (its unit's patches, twice) is declared; that also makes its remote
         # args differ from the actors', so Ray Data never fuses reads into the model actors (which
         # would serialise reading and inference).

@@ -41,6 +41,8 @@ class ScoreConfig(MedrayModel):
     top_regions: int = Field(5, ge=0, description="Connected regions above threshold listed in the report")
     batch_size: int = Field(64, ge=1, description="Patches per model forward pass")
     unit_patches: int = Field(256, ge=1, description="Patches per read work unit (one Ray Data task)")
+    buffer_mb: int = Field(512, ge=64, description="Object-store memory (MiB) the job's read-ahead may hold: "
+                           "reads faster than the model wait instead of piling patches up")
     readers: int | None = Field(None, ge=1, description="Parallel patch-reading tasks (default: the cluster's CPUs)")
     predictors: int = Field(1, ge=1, description="Model actors in the pool")
     reader_cpus: float = Field(1.0, gt=0, description="CPUs reserved per planning/reading task (fractional "
