@@ -74,3 +74,21 @@ def test_augment_batch_reproducible_with_rng():
     one = augment_batch(batch, fn, np.random.default_rng(11))
     two = augment_batch(batch, fn, np.random.default_rng(11))
     assert one.shape == batch.shape and one.dtype == np.uint8 and np.array_equal(one, two)
+
+
+def test_training_decode_builds_the_augmentation_once_per_process_and_stays_reproducible():
+    from medray.datasets.codec import encode_image
+    from medray.train import data as D
+
+    rng = np.random.default_rng(5)
+    images = [encode_image(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), "png") for _ in range(4)]
+    batch = {"image": np.array(images, dtype=object), "encoding": np.array(["png"] * 4, dtype=object),
+             "label_name": np.array(["a", "b", "a", "b"], dtype=object)}
+    cfg = AugmentConfig()
+    first = D._decode_fn(batch, ["a", "b"], 32, 3, cfg, 7)
+    assert D._augment_for(cfg, 7, 2) is D._augment_for(AugmentConfig(), 7, 2)  # equal config: the same object
+    assert D._augment_for(cfg, 8, 2) is not D._augment_for(cfg, 7, 2)
+    again = D._decode_fn(batch, ["a", "b"], 32, 3, cfg, 7)
+    assert np.array_equal(first["image"], again["image"])  # reseeded per batch: reuse changes nothing
+    plain = D._decode_fn(batch, ["a", "b"], 32, 3, None, 7)
+    assert not np.array_equal(first["image"], plain["image"]) and first["label"].tolist() == [0, 1, 0, 1]

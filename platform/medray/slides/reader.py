@@ -30,26 +30,38 @@ _MULTI_FILE_SUFFIXES = (".mrxs", ".vms", ".vmu", ".dcm")
 _RESOLUTION_UNITS_UM = {"centimeter": 1e4, "inch": 25400.0}
 
 
+def _bgra_bytes(argb: np.ndarray) -> np.ndarray:
+    """OpenSlide's premultiplied ARGB (H×W uint32) as H×W×4 uint8 B, G, R, A (a view where it can be)."""
+    little = argb if np.little_endian else argb.astype("<u4")  # pragma: no branch - big-endian hosts copy
+    return little.view(np.uint8).reshape(*argb.shape, 4)
+
+
+def _composite_on_white(bgra: np.ndarray) -> None:
+    """In place: premultiplied B, G, R over white (``c + 255 - alpha``), alpha set to 255."""
+    blend = bgra[..., :3].astype(np.uint16)
+    blend += (255 - bgra[..., 3])[..., None]
+    np.minimum(blend, 255, out=blend)
+    bgra[..., :3] = blend
+    bgra[..., 3] = 255
+
+
+def _opaque(argb: np.ndarray) -> bool:
+    return argb.size == 0 or argb.min() >= 0xFF000000  # every alpha (the top byte) is 255
+
+
 def premultiplied_argb_to_rgb(argb: np.ndarray) -> np.ndarray:
     """OpenSlide's native premultiplied ARGB (H×W uint32) → H×W×3 RGB, composited on white.
 
     Opaque pixels are copied as they are; transparent ones (outside scanned areas) become white,
-    partly transparent ones ``c + 255 - alpha`` (premultiplied "over" white). One copy.
+    partly transparent ones ``c + 255 - alpha`` (premultiplied "over" white). ``argb`` is untouched.
     """
     if argb.dtype != np.uint32 or argb.ndim != 2:
         raise ValueError(f"expected an H×W uint32 ARGB buffer, got {argb.dtype} {argb.shape}")
-    if not np.little_endian:  # pragma: no cover - big-endian hosts: bytes are A, R, G, B
-        channels = argb.view(np.uint8).reshape(*argb.shape, 4)
-        rgb, alpha = channels[..., 1:], channels[..., 0]
-    else:
-        # Bytes are B, G, R, A; cv2 swaps channels ~100x faster than a strided numpy copy.
-        rgb = cv2.cvtColor(argb.view(np.uint8).reshape(*argb.shape, 4), cv2.COLOR_BGRA2RGB)
-        if argb.min() >= 0xFF000000:  # every alpha is 255 (alpha is the top byte)
-            return rgb
-        alpha = (argb >> 24).astype(np.uint8)
-    out = rgb.astype(np.uint16)
-    out += (255 - alpha)[..., None]
-    return np.minimum(out, 255).astype(np.uint8)
+    bgra = _bgra_bytes(argb)
+    if not _opaque(argb):
+        bgra = bgra.copy()
+        _composite_on_white(bgra)
+    return cv2.cvtColor(bgra, cv2.COLOR_BGRA2RGB)  # ~100x faster than a strided numpy channel swap
 
 
 def premultiplied_argb_to_bgrx(argb: np.ndarray) -> np.ndarray:
@@ -61,13 +73,9 @@ def premultiplied_argb_to_bgrx(argb: np.ndarray) -> np.ndarray:
     """
     if argb.dtype != np.uint32 or argb.ndim != 2 or not np.little_endian:
         raise ValueError(f"expected an H×W uint32 ARGB buffer on a little-endian host, got {argb.dtype} {argb.shape}")
-    bgrx = argb.view(np.uint8).reshape(*argb.shape, 4)
-    if argb.size and argb.min() < 0xFF000000:  # some alpha below 255 (the top byte)
-        blend = bgrx[..., :3].astype(np.uint16)
-        blend += (255 - bgrx[..., 3])[..., None]
-        np.minimum(blend, 255, out=blend)
-        bgrx[..., :3] = blend
-        bgrx[..., 3] = 255
+    bgrx = _bgra_bytes(argb)
+    if not _opaque(argb):
+        _composite_on_white(bgrx)
     return bgrx
 
 

@@ -153,12 +153,21 @@ def apply_augment(augment: Any, image: np.ndarray) -> np.ndarray:
     return out if out.dtype == np.uint8 else np.clip(out, 0, 255).astype(np.uint8)
 
 
-def _decode_fn(batch, classes, size, channels, augment_cfg, seed, spatial_dims=2):
-    augment = None
-    if augment_cfg is not None:
+_AUGMENTS: dict[tuple[str, int, int], Any] = {}  # per worker process: built once, reseeded per batch
+
+
+def _augment_for(augment_cfg: Any, seed: int, spatial_dims: int) -> Any:
+    """This process's augmentation pipeline for a config (decode_batch reseeds it per batch)."""
+    key = (augment_cfg.model_dump_json(), int(seed), int(spatial_dims))
+    if key not in _AUGMENTS:
         from medray.train.augment import build_augment_2d, build_augment_3d
 
-        augment = (build_augment_3d if spatial_dims == 3 else build_augment_2d)(augment_cfg, seed)
+        _AUGMENTS[key] = (build_augment_3d if spatial_dims == 3 else build_augment_2d)(augment_cfg, seed)
+    return _AUGMENTS[key]
+
+
+def _decode_fn(batch, classes, size, channels, augment_cfg, seed, spatial_dims=2):
+    augment = _augment_for(augment_cfg, seed, spatial_dims) if augment_cfg is not None else None
     return decode_batch(batch, classes, size, channels, augment, seed, spatial_dims)
 
 

@@ -251,8 +251,17 @@ def _log_mlflow_epoch(loop_config: dict[str, Any], metrics: dict[str, Any]) -> N
         return
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=loop_config["mlflow_tracking_uri"])
-    step = int(metrics["epoch"])
-    for key, value in metrics.items():
-        if key not in ("epoch", "rank") and is_number(value):
-            client.log_metric(run_id, key, float(value), step=step)
+    log_metrics_batch(MlflowClient(tracking_uri=loop_config["mlflow_tracking_uri"]), run_id,
+                      {k: v for k, v in metrics.items() if k not in ("epoch", "rank")}, int(metrics["epoch"]))
+
+
+def log_metrics_batch(client: Any, run_id: str, metrics: dict[str, Any], step: int) -> None:
+    """The numeric ``metrics`` at ``step`` in one MLflow call (one store write, not one per key)."""
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = [Metric(key, float(v), now, step) for key, v in metrics.items() if is_number(v)]
+    if batch:
+        client.log_batch(run_id, metrics=batch)

@@ -178,9 +178,11 @@ def _mlflow_on(cfg: TrainConfig) -> bool:
 def _log_round(tracking_uri: str, run_id: str, counts: dict[str, int]) -> None:
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=tracking_uri)
-    for key in ("negatives", "false_positives", "added_rows"):
-        client.log_metric(run_id, f"fp_{key}", counts[key], step=counts["round"])
+    from medray.train.loop import log_metrics_batch
+
+    log_metrics_batch(MlflowClient(tracking_uri=tracking_uri), run_id,
+                      {f"fp_{key}": counts[key] for key in ("negatives", "false_positives", "added_rows")},
+                      counts["round"])
 
 
 def publish(cfg: TrainConfig, result, classes: list[str], data, run_id: str | None,
