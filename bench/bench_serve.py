@@ -223,13 +223,17 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each throughput run")
     parser.add_argument("--singles", type=int, default=50, help="sequential single-image runs for the p50s")
     parser.add_argument("--gpu", action="store_true", help="bare model and replica on the GPU (bf16 autocast)")
-    parser.add_argument("--ingress", choices=["haproxy", "proxy"], default="haproxy",
-                        help="how HTTP reaches the app (medray.serve.ingress_mode; default: medray's, haproxy)")
+    parser.add_argument("--ingress", choices=["auto", "haproxy", "proxy"], default="auto",
+                        help="how HTTP reaches the app (medray.serve.ingress_mode; default: medray's, auto = "
+                             "haproxy where its binary exists)")
     opts = parser.parse_args()
     opts.clients = opts.clients or 3 * opts.batch
 
     from medray.serve.ingress_mode import ingress_env
 
+    from medray.serve.ingress_mode import resolve_mode
+
+    opts.ingress = resolve_mode(opts.ingress)
     os.environ.update(ingress_env(opts.ingress, drain_s=1))  # before ray.init: the cluster inherits it
 
     from medray.datasets.codec import encode_image

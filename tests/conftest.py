@@ -81,7 +81,7 @@ def ray_cluster():
         from medray.serve.ingress_mode import ingress_env
 
         # Serve as medray runs it (HAProxy ingress); a short drain keeps redeploys fast.
-        for key, value in ingress_env("haproxy", drain_s=1).items():
+        for key, value in ingress_env("auto", drain_s=1).items():
             os.environ.setdefault(key, value)
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(

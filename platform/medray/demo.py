@@ -311,7 +311,7 @@ def run_demo(config: DemoConfig) -> dict:
         from medray.serve.ingress_mode import ingress_env
 
         # the serve step goes through HAProxy, as `medray serve` does (unless the caller chose)
-        for key, value in ingress_env("haproxy", drain_s=2).items():
+        for key, value in ingress_env("auto", drain_s=2).items():
             os.environ.setdefault(key, value)
         ray.init(num_cpus=config.num_cpus, include_dashboard=False, log_to_driver=False)
     for step in STEPS:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from medray.serve.ingress_mode import DRAIN_ENV, active_mode, ingress_env
+from medray.serve.ingress_mode import DRAIN_ENV, active_mode, haproxy_binary, ingress_env, resolve_mode
 
 
 def test_modes_set_both_switches_and_an_optional_drain():
@@ -18,5 +18,17 @@ def test_modes_set_both_switches_and_an_optional_drain():
 
 
 def test_unknown_mode_is_refused():
-    with pytest.raises(ValueError, match="unknown ingress mode 'nginx'; choose one of \\['haproxy', 'proxy'\\]"):
+    with pytest.raises(ValueError, match="unknown ingress mode 'nginx'; choose one of \\['auto', 'haproxy', 'proxy'\\]"):
         ingress_env("nginx")
+
+
+def test_auto_picks_haproxy_only_where_a_binary_exists(tmp_path, monkeypatch):
+    import os
+
+    assert haproxy_binary() and os.access(haproxy_binary(), os.X_OK)  # ray[serve] on Linux ships one
+    assert resolve_mode("auto") == "haproxy" and ingress_env() == ingress_env("haproxy")
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_BINARY_PATH", str(tmp_path / "missing"))  # as on a Mac without one
+    assert haproxy_binary() is None
+    assert resolve_mode("auto") == "proxy" and active_mode(ingress_env()) == "proxy"
+    with pytest.raises(ValueError, match="'haproxy' needs an HAProxy binary"):
+        ingress_env("haproxy")

@@ -18,10 +18,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--check", action="store_true", help="only validate the config file and exit")
     parser.add_argument("--demo-models", action="store_true",
                         help="first train the demo's models (medray demo) where local model_uri paths have no bundle")
-    parser.add_argument("--ingress", choices=["haproxy", "proxy"], default="haproxy",
-                        help="haproxy (default): HAProxy in front of ingress replicas that serve HTTP themselves; "
-                             "proxy: Ray Serve's Python proxy. Applies to the local cluster `serve run` starts; "
-                             "a cluster given by RAY_ADDRESS keeps the mode it was started with")
+    parser.add_argument("--ingress", choices=["auto", "haproxy", "proxy"], default="auto",
+                        help="haproxy: HAProxy in front of ingress replicas that serve HTTP themselves; proxy: Ray "
+                             "Serve's Python proxy; auto (default): haproxy where its binary exists (ray[serve] on "
+                             "Linux), else proxy. Applies to the local cluster `serve run` starts; a cluster given "
+                             "by RAY_ADDRESS keeps the mode it was started with")
 
 
 def _missing_local_models(args_by_app: dict) -> list[str]:
