@@ -226,3 +226,26 @@ def test_score_region_matches_the_job_map(generated, job):
     region = score_region(str(generated["slides"] / "tumor_001.tif"), generated["model"], x, y, 5 * PATCH, 5 * PATCH)
     assert region.shape == (5, 5)
     assert region[2, 2] == pytest.approx(prob_map[r, c], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_shared_model_servers_give_the_same_map(generated, job, tmp_path):
+    """A job handed running ModelServer actors uses them (no actors of its own) with the same result."""
+    import ray
+
+    from medray.infer.model_server import start_model_servers
+    from medray.infer.score import predictor_kwargs
+
+    cfg = ScoreConfig(slides=[str(generated["slides"] / "tumor_001.tif")], model=generated["model"],
+                      output=str(tmp_path / "shared"), batch_size=64, unit_patches=128, progress=False,
+                      log_mlflow=False, write_tiff=False, evaluate=False, predictor_cpus=0.5)
+    servers = start_model_servers(1, 0.5, 0, **predictor_kwargs(cfg, None))
+    try:
+        report = score_slides(cfg, model_servers=servers)
+        info = ray.get(servers[0].info.remote())
+    finally:
+        ray.kill(servers[0])
+    entry = report["slides"][0]
+    assert entry["status"] == "ok" and info["patches"] == entry["patches"]["scored"] > 0
+    expected = np.load(_slide(job["report"], "tumor_001")["outputs"]["map"])
+    np.testing.assert_allclose(np.load(entry["outputs"]["map"]), expected, atol=1e-6, equal_nan=True)

@@ -123,6 +123,24 @@ def test_job_from_submit_to_overlay_and_report(client, files):
 
 
 @pytest.mark.slow
+def test_jobs_share_one_model_actor(client, files):
+    """The second job is scored by the model actor the first one started (no model start-up),
+    and gives the same map."""
+    maps, servers = [], []
+    for _ in range(2):
+        r = client.post("/slides/heatmap", json={"slide_uri": str(files["slides"] / "tumor_001.tif")})
+        done = _wait(client, r.json()["job_id"])
+        assert done["status"] == "succeeded", done
+        servers.append(done["model_server"])
+        maps.append(np.load(io.BytesIO(client.get(done["links"]["map"]).content)))
+    first, second = servers
+    assert first["pid"] == second["pid"] and first["load_seconds"] == second["load_seconds"]
+    assert second["patches"] - first["patches"] == done["progress"]["total"] > 0
+    assert first["model_version"] == client.get("/models").json()["models"]["slides"]["version"]
+    np.testing.assert_array_equal(maps[0], maps[1])
+
+
+@pytest.mark.slow
 def test_jobs_outlive_the_app_through_their_records(client, files):
     """A finished job still answers (status, links, files) after the app is deleted and deployed
     again; jobs that were queued or running when it went away are reported interrupted."""

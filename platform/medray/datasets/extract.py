@@ -515,7 +515,7 @@ def run_extract(cfg: ExtractConfig, progress: bool = True) -> dict[str, Any]:
         "extract_seconds": round(extract_seconds, 3),
         "patches_per_second": round(written / extract_seconds, 1) if extract_seconds > 0 and written else None,
         # Worker seconds per stage over all units of this run (sum over readers, not wall time).
-        "stage_seconds": {stage: round(v, 3) for stage, v in stage_seconds.items()},
+        "stage_seconds": {stage: round(v, 6) for stage, v in stage_seconds.items()},  # µs: some stages are tiny
         "seconds": round(time.perf_counter() - started, 3),
         "dataset": None,
     }

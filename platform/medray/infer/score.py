@@ -293,8 +293,22 @@ def _write_job_report(cfg: ScoreConfig, report: dict[str, Any]) -> dict[str, Any
     return report
 
 
-def score_slides(config: ScoreConfig | dict, progress_callback: ProgressCallback | None = None) -> dict[str, Any]:
+def predictor_kwargs(cfg: ScoreConfig, tracking_uri: str | None) -> dict[str, Any]:
+    """The model actors' constructor arguments (``Predictor`` / ``ModelServer``) for a config."""
+    from medray.infer.predictor import resolve_device
+
+    return {"model_uri": cfg.model, "storage": cfg.storage, "device": resolve_device(cfg.device, cfg.num_gpus),
+            "precision": cfg.precision, "positive_class": cfg.positive_class, "tracking_uri": tracking_uri,
+            "batch_size": cfg.batch_size}
+
+
+def score_slides(config: ScoreConfig | dict, progress_callback: ProgressCallback | None = None,
+                 model_servers: list[Any] | None = None) -> dict[str, Any]:
     """Score every slide; returns the job report (also ``<output>/report.json``).
+
+    ``model_servers``: running ``medray.infer.model_server.ModelServer`` actors of the same model
+    (a service scoring slide after slide keeps them); the job then uses them instead of starting
+    its own model actors. Without them the job starts ``predictors`` actors and ends them.
 
     Per-slide failures (unreadable slide, model that cannot load) are entries with
     ``status: failed`` and a ``reason``; the job itself does not raise for them.
@@ -421,7 +435,7 @@ def score_slides(config: ScoreConfig | dict, progress_callback: ProgressCallback
 
         cpus = int(ray.cluster_resources().get("CPU", 1))
         readers = cfg.readers or max(1, cpus - int(math.ceil(cfg.predictors * cfg.predictor_cpus)))
-        from medray.infer.predictor import Predictor, resolve_device
+        from medray.infer.predictor import Predictor
 
         ds = ray.data.from_items([{"unit": u} for u in units], override_num_blocks=len(units))
         # Read-ahead is capped in bytes: with reads faster than the model, Ray Data would otherwise
@@ -436,14 +450,18 @@ def score_slides(config: ScoreConfig | dict, progress_callback: ProgressCallback
         ds = ds.map_batches(read_units, batch_size=1, batch_format="numpy", num_cpus=cfg.reader_cpus, memory=unit_memory,
                             compute=ray.data.TaskPoolStrategy(size=min(readers, len(units))),
                             fn_kwargs={"storage": cfg.storage})
-        ds = ds.map_batches(Predictor, batch_size=cfg.batch_size, batch_format="numpy",
-                            compute=ray.data.ActorPoolStrategy(size=cfg.predictors),
-                            num_cpus=cfg.predictor_cpus, num_gpus=cfg.num_gpus or None,
-                            fn_constructor_kwargs={"model_uri": cfg.model, "storage": cfg.storage,
-                                                   "device": resolve_device(cfg.device, cfg.num_gpus),
-                                                   "precision": cfg.precision,
-                                                   "positive_class": cfg.positive_class,
-                                                   "tracking_uri": tracking_uri, "batch_size": cfg.batch_size})
+        if model_servers:
+            from medray.infer.model_server import RemotePredictor
+
+            # the model is already loaded in long-lived actors: this stage only forwards batches
+            ds = ds.map_batches(RemotePredictor, batch_size=cfg.batch_size, batch_format="numpy",
+                                compute=ray.data.ActorPoolStrategy(size=len(model_servers)), num_cpus=0.05,
+                                fn_constructor_kwargs={"servers": list(model_servers)})
+        else:
+            ds = ds.map_batches(Predictor, batch_size=cfg.batch_size, batch_format="numpy",
+                                compute=ray.data.ActorPoolStrategy(size=cfg.predictors),
+                                num_cpus=cfg.predictor_cpus, num_gpus=cfg.num_gpus or None,
+                                fn_constructor_kwargs=predictor_kwargs(cfg, tracking_uri))
         with tqdm(total=total, desc="score", unit="patch", disable=not cfg.progress) as bar:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 slides = batch["slide"]

@@ -55,6 +55,9 @@ class HeatmapArgs(MedrayModel):
     write_tiff: bool = Field(True, description="Also write the pyramidal heatmap TIFF of each job")
     log_mlflow: bool = Field(False, description="Log one MLflow run per job (needs mlflow_tracking_uri)")
     max_concurrent_jobs: int = Field(1, ge=1, description="Jobs scored at once; later ones wait as 'queued'")
+    persistent_model: bool = Field(True, description="Keep the jobs' model actor between jobs: no model start-up "
+                                   "per job (~5 s CPU, ~20 s GPU); it holds predictor_cpus/num_gpus while the "
+                                   "replica lives. false: each job starts and ends its own")
     max_jobs_kept: int = Field(1000, ge=1, description="Finished jobs remembered in memory (oldest forgotten "
                                "first; forgotten ones still answer from their stored job.json)")
     record_interval_s: float = Field(2.0, ge=0, description="Least time between progress writes of a job's "

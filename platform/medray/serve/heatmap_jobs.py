@@ -65,6 +65,8 @@ def job_view(job: dict[str, Any], prefix: str) -> dict[str, Any]:
     out["progress"] = {"done": done, "total": total,
                        "fraction": (done / total if total else (1.0 if job["status"] == "succeeded" else 0.0))}
     out["model"] = {"uri": job["model_uri"], "version": job["model_version"]}
+    if job.get("model_server"):  # the shared model actor that scored it (pid, load time, totals so far)
+        out["model_server"] = job["model_server"]
     if job["status"] in ("failed", "interrupted"):
         out["reason"] = job.get("reason")
     if job["status"] == "succeeded":
@@ -98,6 +100,8 @@ class HeatmapJobs:
         self.lock = threading.Lock()
         self.pool = concurrent.futures.ThreadPoolExecutor(args.max_concurrent_jobs, thread_name_prefix="heatmap-job")
         self.region_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="heatmap-region")
+        self.servers: list[Any] | None = None  # the jobs' model actor, started by the first job
+        self.server_lock = threading.Lock()
 
     # -- jobs ---------------------------------------------------------------------------------
     def _slide(self, uri: str) -> str:
@@ -161,6 +165,21 @@ class HeatmapJobs:
             cfg["mlflow"] = {"tracking_uri": self.mlflow_tracking_uri}
         return cfg
 
+    def _model_servers(self, cfg: dict[str, Any]) -> list[Any] | None:
+        """The model actor jobs share (``persistent_model``), started on first use, then reused."""
+        if not self.args.persistent_model:
+            return None
+        from medray.infer.model_server import start_model_servers
+        from medray.infer.score import predictor_kwargs
+        from medray.infer.score_config import ScoreConfig
+
+        with self.server_lock:
+            if self.servers is None:
+                self.servers = start_model_servers(1, self.args.predictor_cpus, self.args.num_gpus,
+                                                   **predictor_kwargs(ScoreConfig.model_validate(cfg),
+                                                                      self.mlflow_tracking_uri))
+            return self.servers
+
     def _run(self, job_id: str) -> None:
         """One job, in a pool thread: ``score_slides`` on the cluster, progress into the job record."""
         from medray.infer.score import score_slides
@@ -175,7 +194,18 @@ class HeatmapJobs:
                 self._save(job, force=False)
 
         try:
-            report = score_slides(self.score_config(job), progress_callback=on_event)
+            import ray
+
+            cfg = self.score_config(job)
+            try:
+                servers = self._model_servers(cfg)
+                report = score_slides(cfg, progress_callback=on_event, model_servers=servers)
+                if servers:
+                    job["model_server"] = ray.get(servers[0].info.remote())
+            except ray.exceptions.RayActorError:
+                with self.server_lock:
+                    self.servers = None  # it died: the next job starts a new one
+                raise
             entry = report["slides"][0]
             if entry["status"] == "ok":
                 job.update(status="succeeded", outputs=entry["outputs"], scores=entry.get("scores"),
