@@ -238,8 +238,10 @@ def test_shared_model_servers_give_the_same_map(generated, job, tmp_path):
 
     cfg = ScoreConfig(slides=[str(generated["slides"] / "tumor_001.tif")], model=generated["model"],
                       output=str(tmp_path / "shared"), batch_size=64, unit_patches=128, progress=False,
-                      log_mlflow=False, write_tiff=False, evaluate=False, predictor_cpus=0.5)
-    servers = start_model_servers(1, 0.5, 0, **predictor_kwargs(cfg, None))
+                      log_mlflow=False, write_tiff=False, evaluate=False)
+    # the server holds a whole CPU of the 2: reads get the other, the forwarding stage reserves none
+    # (it once reserved a sliver and waited forever behind the read tasks)
+    servers = start_model_servers(1, 1.0, 0, **predictor_kwargs(cfg, None))
     try:
         report = score_slides(cfg, model_servers=servers)
         info = ray.get(servers[0].info.remote())

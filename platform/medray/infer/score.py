@@ -453,9 +453,10 @@ def score_slides(config: ScoreConfig | dict, progress_callback: ProgressCallback
         if model_servers:
             from medray.infer.model_server import RemotePredictor
 
-            # the model is already loaded in long-lived actors: this stage only forwards batches
+            # the model is already loaded in long-lived actors: this stage only forwards batches,
+            # and reserves no CPU (with one, it could wait forever behind read tasks holding the rest)
             ds = ds.map_batches(RemotePredictor, batch_size=cfg.batch_size, batch_format="numpy",
-                                compute=ray.data.ActorPoolStrategy(size=len(model_servers)), num_cpus=0.05,
+                                compute=ray.data.ActorPoolStrategy(size=len(model_servers)), num_cpus=0,
                                 fn_constructor_kwargs={"servers": list(model_servers)})
         else:
             ds = ds.map_batches(Predictor, batch_size=cfg.batch_size, batch_format="numpy",
