@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "platform"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from proc_memory import peak_of_child  # noqa: E402
+from proc_memory import add_child_arguments, peak_of_child, prepare_environment  # noqa: E402
 
 
 def child_main(args: argparse.Namespace) -> None:
@@ -65,15 +65,10 @@ def main() -> None:
     parser.add_argument("--patch", type=int, default=256, help="model input = patch side at level 0")
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--workdir", default=None, help="keeps the generated slides (default: a temp dir)")
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--output", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--model", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("paths", nargs="*", help=argparse.SUPPRESS)
+    add_child_arguments(parser)
     args = parser.parse_args()
-    for key, value in {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true",
-                       "DO_NOT_TRACK": "true", "NO_ALBUMENTATIONS_UPDATE": "1"}.items():
-        os.environ.setdefault(key, value)
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "platform"), os.environ.get("PYTHONPATH")) if p)
+    prepare_environment(str(ROOT / "platform"))
     if args.child:
         child_main(args)
         return

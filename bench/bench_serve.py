@@ -229,9 +229,7 @@ def main() -> int:
     opts = parser.parse_args()
     opts.clients = opts.clients or 3 * opts.batch
 
-    from medray.serve.ingress_mode import ingress_env
-
-    from medray.serve.ingress_mode import resolve_mode
+    from medray.serve.ingress_mode import ingress_env, resolve_mode
 
     opts.ingress = resolve_mode(opts.ingress)
     os.environ.update(ingress_env(opts.ingress, drain_s=1))  # before ray.init: the cluster inherits it

@@ -6,6 +6,7 @@ Shared by the memory benchmarks: they run a real job in a child process and poll
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -48,6 +49,21 @@ def tree_rss_mib(root: int) -> float:
         total += _rss_kib(pid)
         todo.extend(tree.get(pid, []))
     return total / 1024
+
+
+def add_child_arguments(parser: argparse.ArgumentParser) -> None:
+    """The hidden arguments a memory bench passes to its own child process (``--child``)."""
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--output", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("paths", nargs="*", help=argparse.SUPPRESS)
+
+
+def prepare_environment(platform_dir: str) -> None:
+    """Quiet telemetry and put ``platform_dir`` on PYTHONPATH (inherited by the child and Ray workers)."""
+    for key, value in {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true",
+                       "DO_NOT_TRACK": "true", "NO_ALBUMENTATIONS_UPDATE": "1"}.items():
+        os.environ.setdefault(key, value)
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (platform_dir, os.environ.get("PYTHONPATH")) if p)
 
 
 def peak_of_child(args: list[str], what: str) -> tuple[float, dict]:

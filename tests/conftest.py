@@ -78,11 +78,9 @@ def ray_cluster():
     import ray
 
     if not ray.is_initialized():
-        from medray.serve.ingress_mode import ingress_env
+        from medray.serve.ingress_mode import set_default_ingress
 
-        # Serve as medray runs it (HAProxy ingress); a short drain keeps redeploys fast.
-        for key, value in ingress_env("auto", drain_s=1).items():
-            os.environ.setdefault(key, value)
+        set_default_ingress(drain_s=1)  # Serve as medray runs it (HAProxy); a short drain keeps redeploys fast
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
                      p for p in (str(REPO_ROOT / "platform"), os.environ.get("PYTHONPATH")) if p)}},

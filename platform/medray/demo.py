@@ -308,11 +308,9 @@ def run_demo(config: DemoConfig) -> dict:
     Path(demo.workdir).mkdir(parents=True, exist_ok=True)
     write_resolved_config(config, demo.workdir, name="demo_config.yaml")
     if not ray.is_initialized():
-        from medray.serve.ingress_mode import ingress_env
+        from medray.serve.ingress_mode import set_default_ingress
 
-        # the serve step goes through HAProxy, as `medray serve` does (unless the caller chose)
-        for key, value in ingress_env("auto", drain_s=2).items():
-            os.environ.setdefault(key, value)
+        set_default_ingress(drain_s=2)  # the serve step goes through HAProxy, as `medray serve` does
         ray.init(num_cpus=config.num_cpus, include_dashboard=False, log_to_driver=False)
     for step in STEPS:
         if step in config.steps:

@@ -5,7 +5,7 @@ library, loading the weights and, on a GPU, creating the CUDA context — ~5 s o
 ~20 s on the H100 machine, longer than scoring a whole slide there. A service that scores slide
 after slide (Serve's heatmap endpoint) keeps ``ModelServer`` actors instead and hands them to
 ``score_slides(..., model_servers=...)``, whose pipeline then forwards patch batches to them
-through ``RemotePredictor`` (a thin Ray Data stage: no model, a sliver of a CPU).
+through ``RemotePredictor`` (a thin Ray Data stage: no model, no CPU reserved).
 """
 
 from __future__ import annotations

@@ -4,10 +4,11 @@ OpenSlide reads generic-TIFF and Aperio JPEG tiles through libtiff's RGBA interf
 256² tile here); decoding the tile's bytes with libjpeg-turbo (simplejpeg) straight into
 OpenSlide's own pixel layout (premultiplied ARGB as little-endian uint32, i.e. B, G, R, A bytes)
 costs ~0.25 ms and gives identical pixels. Decoding is strict: data libjpeg only warns about
-(a truncated or damaged tile) is an error here, as it is in OpenSlide, never grey pixels. Used only where that is known to hold: TIFF levels that are tiled,
-8-bit 3-sample JPEG (RGB or YCbCr, chunky), read at integer level coordinates (OpenSlide
-resamples fractional ones), every tile present; and each level is checked once against
-OpenSlide before it is trusted. Anything else returns False and the caller reads through
+(a truncated or damaged tile) is an error here, as it is in OpenSlide, never grey pixels.
+
+Used only where that is known to hold: TIFF levels that are tiled, 8-bit 3-sample JPEG (RGB or
+YCbCr, chunky), read at integer level coordinates (OpenSlide resamples fractional ones), every
+tile present; and each level is checked once against OpenSlide before it is trusted. Anything else returns False and the caller reads through
 OpenSlide, which also reports corrupt tiles the usual way.
 """
 

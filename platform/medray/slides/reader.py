@@ -236,7 +236,7 @@ class Slide:
         """
         x, y, w, h = self._check_region(x, y, level, size)
         if self._direct is not None:
-            return premultiplied_argb_to_rgb(self._read_argb(x, y, level, w, h, np.empty((h, w), np.uint32)))
+            return premultiplied_argb_to_rgb(self._read_argb(x, y, level, np.empty((h, w), np.uint32)))
         return _rgba_to_rgb(self._guarded(x, y, level, (w, h), lambda osr: np.asarray(
             osr.read_region((x, y), level, (w, h)))))
 
@@ -259,7 +259,7 @@ class Slide:
                 raise ValueError(f"out must be a C-contiguous uint32 buffer of >= {w * h} elements, "
                                  f"got {out.dtype} {out.shape}")
             argb = out.reshape(-1)[:w * h].reshape(h, w)
-        return premultiplied_argb_to_bgrx(self._read_argb(x, y, level, w, h, argb))
+        return premultiplied_argb_to_bgrx(self._read_argb(x, y, level, argb))
 
     def _check_region(self, x: int, y: int, level: int, size: tuple[int, int] | int) -> tuple[int, int, int, int]:
         """(x, y, w, h) as ints, or a SlideError naming the slide, the region and the bounds."""
@@ -277,7 +277,7 @@ class Slide:
                 f"level-0 bounds are 0 <= x < {width}, 0 <= y < {height}")
         return x, y, w, h
 
-    def _read_argb(self, x: int, y: int, level: int, w: int, h: int, argb: np.ndarray) -> np.ndarray:
+    def _read_argb(self, x: int, y: int, level: int, argb: np.ndarray) -> np.ndarray:
         """OpenSlide's premultiplied ARGB pixels of a checked region, written into ``argb`` (h×w).
 
         JPEG-tiled levels read at whole level coordinates are decoded directly (same pixels).
