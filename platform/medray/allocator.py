@@ -1,0 +1,50 @@
+"""glibc malloc tuning for processes that run models on batches.
+
+By default glibc hands every freed buffer above a small, slowly growing threshold back to the
+kernel and trims the heap top above 128 KiB, so each forward pass page-faults its input and
+activation buffers back in: measured on the CPU, a small CNN ran at half speed (1.6 M minor
+faults in 15 s) and resnet18 at two thirds. Keeping batch-sized buffers in the heap removes that
+cost; peak memory is unchanged (the buffers are live during every batch anyway), the process just
+keeps its working set between batches. ``MEDRAY_MALLOC_TUNING=0``
+turns it off; other C libraries (musl, macOS) are left alone.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import sys
+
+MMAP_THRESHOLD = 256 << 20  # buffers above this (rare: batch activations of big CNNs) still map and unmap
+TRIM_THRESHOLD = 512 << 20  # free heap kept per process before it is returned to the kernel
+TOP_PAD = 64 << 20  # a thread arena's spare room: keeps its emptied 64 MiB heaps instead of unmapping them
+ARENA_MAX = 1  # threads started after tuning share the main heap (Ray Data and Serve run models on threads)
+# mallopt parameter numbers from glibc's malloc.h
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -2, -3, -8
+
+_applied: bool | None = None
+
+
+def tune_malloc() -> bool:
+    """Keep batch-sized buffers in this process's heap (once per process); True where glibc took it."""
+    global _applied
+    if _applied is not None:
+        return _applied
+    _applied = False
+    if os.environ.get("MEDRAY_MALLOC_TUNING", "1").strip().lower() in {"0", "false", "off", "no"}:
+        return False
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    # both thresholds or neither: setting one switches off glibc's dynamic threshold, and a trim
+    # threshold alone leaves every buffer above 128 KiB on mmap (slower than the default)
+    settings = [(_M_MMAP_THRESHOLD, MMAP_THRESHOLD), (_M_TRIM_THRESHOLD, TRIM_THRESHOLD), (_M_TOP_PAD, TOP_PAD),
+                (_M_ARENA_MAX, ARENA_MAX)]
+    _applied = all(mallopt(param, value) == 1 for param, value in settings)
+    return _applied
