@@ -95,7 +95,7 @@ def test_batch_sized_buffers_stay_in_the_heap():
 
 
 @glibc_linux
-def test_loading_a_model_tunes_its_process(bundle):
+def test_loading_a_model_tunes_its_process(bundle):  # build_model applies it: every model path
     assert _run(LOAD_PROBE, None, bundle) == {"applied": True}
     assert _run(LOAD_PROBE, "0", bundle) == {"applied": False}
 
@@ -105,5 +105,4 @@ def test_switch_off_is_honoured(monkeypatch):
 
     monkeypatch.setattr(allocator, "_applied", None)
     monkeypatch.setenv("MEDRAY_MALLOC_TUNING", "off")
-    assert allocator.tune_malloc() is False
-    monkeypatch.setattr(allocator, "_applied", None)  # the module-level cache must not leak into other tests
+    assert allocator.tune_malloc() is False  # (monkeypatch restores this process's own state afterwards)

@@ -197,9 +197,6 @@ def load_model(uri: str, storage: StorageOptions | None = None, device: str = "c
 
     ``precision`` applies on a GPU only (``auto`` = bf16 autocast there); the CPU always runs fp32.
     """
-    from medray.allocator import tune_malloc
-
-    tune_malloc()  # every process that runs a model on batches loads it here
     uri = str(uri)
     loaded = _load_mlflow(uri) if is_mlflow_uri(uri) else _load_bundle_dir(uri, storage)
     return loaded.to(device, precision)

@@ -153,7 +153,14 @@ def check_model_name(name: str) -> str:
 
 
 def build_model(spec: ModelSpec, storage: StorageOptions | None = None) -> nn.Module:
-    """Build the network ``spec`` names (random init), then load ``spec.pretrained`` if set."""
+    """Build the network ``spec`` names (random init), then load ``spec.pretrained`` if set.
+
+    Every process that runs a network comes through here (``load_model`` too), so this is where
+    the process's allocator is tuned for batch-sized buffers (``medray.allocator``).
+    """
+    from medray.allocator import tune_malloc
+
+    tune_malloc()
     model = _builder(spec.name)(spec)
     if spec.pretrained:
         from medray.models.weights import load_weights

@@ -143,11 +143,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from medray.allocator import tune_malloc
     from medray.models.registry import build_model
     from medray.train.metrics import best_f1_threshold, classification_metrics
 
-    tune_malloc()
     cfg = as_config(loop_config["config"])
     classes: list[str] = loop_config["classes"]
     total_epochs: int = loop_config["total_epochs"]
