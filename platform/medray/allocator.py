@@ -2,11 +2,17 @@
 
 By default glibc hands every freed buffer above a small, slowly growing threshold back to the
 kernel and trims the heap top above 128 KiB, so each forward pass page-faults its input and
-activation buffers back in: measured on the CPU, a small CNN ran at half speed (1.6 M minor
-faults in 15 s) and resnet18 at two thirds. Keeping batch-sized buffers in the heap removes that
-cost; peak memory is unchanged (the buffers are live during every batch anyway), the process just
-keeps its working set between batches. ``MEDRAY_MALLOC_TUNING=0``
-turns it off; other C libraries (musl, macOS) are left alone.
+activation buffers back in: measured on the CPU, a small CNN ran at half speed and resnet18 at
+two thirds. Keeping batch-sized buffers in the heap removes that cost; peak memory is unchanged
+(the buffers are live during every batch anyway), the process just keeps its working set between
+batches.
+
+Two forms: ``tune_malloc()`` in-process (``build_model`` calls it, so every process that makes a
+network is covered), and ``malloc_env()`` / ``with_malloc_env()`` for the model actors medray
+starts. The second matters because Ray Data and Serve run model code on worker threads: a thread
+that already has its own glibc arena keeps it (64 MiB heaps, anything larger mapped per batch),
+and only settings present at process start hold for every thread. ``MEDRAY_MALLOC_TUNING=0``
+turns both off; other C libraries (musl, macOS) are left alone.
 """
 
 from __future__ import annotations
@@ -26,15 +32,18 @@ _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -2, -3, -8
 _applied: bool | None = None
 
 
+def _wanted() -> bool:
+    off = os.environ.get("MEDRAY_MALLOC_TUNING", "1").strip().lower() in {"0", "false", "off", "no"}
+    return not off and sys.platform.startswith("linux")
+
+
 def tune_malloc() -> bool:
     """Keep batch-sized buffers in this process's heap (once per process); True where glibc took it."""
     global _applied
     if _applied is not None:
         return _applied
     _applied = False
-    if os.environ.get("MEDRAY_MALLOC_TUNING", "1").strip().lower() in {"0", "false", "off", "no"}:
-        return False
-    if not sys.platform.startswith("linux"):
+    if not _wanted():
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
@@ -48,3 +57,30 @@ def tune_malloc() -> bool:
                 (_M_ARENA_MAX, ARENA_MAX)]
     _applied = all(mallopt(param, value) == 1 for param, value in settings)
     return _applied
+
+
+def malloc_env() -> dict[str, str]:
+    """The same settings as environment variables, for processes Ray starts (read by glibc at
+    start-up, so they hold for every thread, even ones made before medray's code runs); empty
+    where tuning is off or not Linux."""
+    if not _wanted():
+        return {}
+    return {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD), "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD),
+            "MALLOC_TOP_PAD_": str(TOP_PAD), "MALLOC_ARENA_MAX": str(ARENA_MAX)}
+
+
+def with_malloc_env(remote_args: dict) -> dict:
+    """Ray actor/task options with ``malloc_env`` added to their runtime env (Ray merges a
+    per-actor ``env_vars`` with the job's; variables the caller already set win)."""
+    env = malloc_env()
+    if not env:
+        return dict(remote_args)
+    runtime_env = dict(remote_args.get("runtime_env") or {})
+    runtime_env["env_vars"] = {**env, **(runtime_env.get("env_vars") or {})}
+    return {**remote_args, "runtime_env": runtime_env}
+
+
+def state() -> dict[str, bool]:
+    """This process's tuning, for diagnostics: tuned in-process, and started with ``malloc_env``."""
+    env = malloc_env()
+    return {"tuned": bool(_applied), "started_with_env": bool(env) and all(os.environ.get(k) == v for k, v in env.items())}

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from medray import allocator
 from medray.models.bundle import save_bundle
 from medray.models.preprocess import Preprocessing
 from medray.models.registry import ModelSpec, build_model
@@ -40,7 +41,7 @@ print(json.dumps({"applied": allocator._applied}))
 # a 40 MB buffer made and freed on a worker thread: above glibc's largest dynamic mmap threshold
 # (32 MiB), so untuned it is mapped for every batch (zeroed by the kernel) and unmapped on free
 BUFFER_PROBE = r"""
-import ctypes, json
+import ctypes, json, sys
 from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from medray import allocator
@@ -51,7 +52,7 @@ class MallInfo2(ctypes.Structure):
 
 libc = ctypes.CDLL("libc.so.6")
 libc.mallinfo2.restype = MallInfo2
-applied = allocator.tune_malloc()
+applied = allocator.tune_malloc() if sys.argv[1] == "call" else False
 
 def cycle():
     buf = np.ones(10_000_000, np.float32)
@@ -67,11 +68,13 @@ glibc_linux = pytest.mark.skipif(not sys.platform.startswith("linux") or not _gl
                                  reason="malloc tuning applies to glibc (Linux); mallinfo2 needs glibc >= 2.33")
 
 
-def _run(probe: str, tuning: str | None, *args: str) -> dict:
+def _run(probe: str, tuning: str | None, *args: str, extra_env: dict[str, str] | None = None) -> dict:
     env = {**os.environ, "PYTHONPATH": PLATFORM}
-    env.pop("MEDRAY_MALLOC_TUNING", None)
+    for key in ["MEDRAY_MALLOC_TUNING", *allocator.malloc_env()]:
+        env.pop(key, None)
     if tuning is not None:
         env["MEDRAY_MALLOC_TUNING"] = tuning
+    env.update(extra_env or {})
     out = subprocess.run([sys.executable, "-c", probe, *args], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -86,12 +89,32 @@ def bundle(tmp_path_factory) -> str:
 
 @glibc_linux
 def test_batch_sized_buffers_stay_in_the_heap():
-    tuned = _run(BUFFER_PROBE, None)
-    untuned = _run(BUFFER_PROBE, "0")
+    tuned = _run(BUFFER_PROBE, None, "call")
+    untuned = _run(BUFFER_PROBE, "0", "call")
     assert tuned["applied"] is True and untuned["applied"] is False
     size = 40_000_000
     assert untuned["mapped_during"] >= size and untuned["heap_free_after"] < size, untuned  # mapped, then gone
     assert tuned["mapped_during"] < size and tuned["heap_free_after"] >= size, tuned  # heap, kept for the next batch
+
+
+@glibc_linux
+def test_environment_form_tunes_a_process_from_its_start():
+    """What Ray actors get (``with_malloc_env``): glibc reads it at start-up, before any thread exists."""
+    started_with = _run(BUFFER_PROBE, None, "skip", extra_env=allocator.malloc_env())
+    assert started_with["applied"] is False  # no in-process call: the environment alone does it
+    assert started_with["mapped_during"] < 40_000_000 <= started_with["heap_free_after"], started_with
+
+
+def test_with_malloc_env_merges_into_ray_options(monkeypatch):
+    monkeypatch.delenv("MEDRAY_MALLOC_TUNING", raising=False)
+    caller = {"num_cpus": 1, "runtime_env": {"pip": ["x"], "env_vars": {"A": "1", "MALLOC_ARENA_MAX": "4"}}}
+    merged = allocator.with_malloc_env(caller)
+    if sys.platform.startswith("linux"):
+        assert merged["runtime_env"]["env_vars"] == {**allocator.malloc_env(), "A": "1", "MALLOC_ARENA_MAX": "4"}
+    assert merged["num_cpus"] == 1 and merged["runtime_env"]["pip"] == ["x"]
+    assert caller["runtime_env"]["env_vars"] == {"A": "1", "MALLOC_ARENA_MAX": "4"}  # the caller's dict untouched
+    monkeypatch.setenv("MEDRAY_MALLOC_TUNING", "0")
+    assert allocator.malloc_env() == {} and allocator.with_malloc_env({"num_cpus": 1}) == {"num_cpus": 1}
 
 
 @glibc_linux
@@ -101,8 +124,6 @@ def test_loading_a_model_tunes_its_process(bundle):  # build_model applies it: e
 
 
 def test_switch_off_is_honoured(monkeypatch):
-    from medray import allocator
-
     monkeypatch.setattr(allocator, "_applied", None)
     monkeypatch.setenv("MEDRAY_MALLOC_TUNING", "off")
     assert allocator.tune_malloc() is False  # (monkeypatch restores this process's own state afterwards)

@@ -34,11 +34,14 @@ class ModelServer:
         return self._predictor(batch)
 
     def info(self) -> dict[str, Any]:
-        """Who answers (process id), the model, its load time and what it has scored so far."""
+        """Who answers (process id), the model, its load time, what it has scored so far and the
+        process's allocator tuning (``medray.allocator.state``)."""
+        from medray import allocator
+
         model = self._predictor.model
         return {"pid": os.getpid(), "model_uri": model.uri, "model_version": model.version,
                 "device": str(model.device), "load_seconds": round(self._load_seconds, 3),
-                "batches": self._batches, "patches": self._patches}
+                "batches": self._batches, "patches": self._patches, "allocator": allocator.state()}
 
 
 class RemotePredictor:
@@ -62,7 +65,10 @@ def start_model_servers(count: int, num_cpus: float, num_gpus: float, **predicto
     """
     import ray
 
-    remote = ray.remote(ModelServer).options(num_cpus=num_cpus, num_gpus=num_gpus or None, max_concurrency=1)
+    from medray.allocator import with_malloc_env
+
+    remote = ray.remote(ModelServer).options(
+        **with_malloc_env({"num_cpus": num_cpus, "num_gpus": num_gpus or None, "max_concurrency": 1}))
     servers = [remote.remote(**predictor_kwargs) for _ in range(max(1, int(count)))]
     ray.get([s.info.remote() for s in servers])  # ready, or the model's load error
     return servers

@@ -435,6 +435,7 @@ def score_slides(config: ScoreConfig | dict, progress_callback: ProgressCallback
 
         cpus = int(ray.cluster_resources().get("CPU", 1))
         readers = cfg.readers or max(1, cpus - int(math.ceil(cfg.predictors * cfg.predictor_cpus)))
+        from medray.allocator import with_malloc_env
         from medray.infer.predictor import Predictor
 
         ds = ray.data.from_items([{"unit": u} for u in units], override_num_blocks=len(units))
@@ -461,8 +462,8 @@ def score_slides(config: ScoreConfig | dict, progress_callback: ProgressCallback
         else:
             ds = ds.map_batches(Predictor, batch_size=cfg.batch_size, batch_format="numpy",
                                 compute=ray.data.ActorPoolStrategy(size=cfg.predictors),
-                                num_cpus=cfg.predictor_cpus, num_gpus=cfg.num_gpus or None,
-                                fn_constructor_kwargs=predictor_kwargs(cfg, tracking_uri))
+                                fn_constructor_kwargs=predictor_kwargs(cfg, tracking_uri),
+                                **with_malloc_env({"num_cpus": cfg.predictor_cpus, "num_gpus": cfg.num_gpus or None}))
         with tqdm(total=total, desc="score", unit="patch", disable=not cfg.progress) as bar:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 slides = batch["slide"]

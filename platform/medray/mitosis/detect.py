@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 
+from medray.allocator import with_malloc_env
 from medray.mitosis.config import MitosisConfig
 
 
@@ -108,8 +109,8 @@ def run_detection(cfg: MitosisConfig) -> dict:
                              override_num_blocks=len(units))
     rows = ds.map_batches(DetectWorker, batch_size=1, batch_format="numpy",
                           compute=ray.data.ActorPoolStrategy(size=cfg.detect.actors),
-                          num_cpus=cfg.detect.cpus_per_actor,
-                          fn_constructor_args=(cfg.model_dump(mode="json"), model_uri, overlays)).take_all()
+                          fn_constructor_args=(cfg.model_dump(mode="json"), model_uri, overlays),
+                          **with_malloc_env({"num_cpus": cfg.detect.cpus_per_actor})).take_all()
     wall = time.perf_counter() - t0
     results = [json.loads(r["result"]) for r in rows if not r["error"]]
     failures = [{"unit_id": r["unit_id"], "error": r["error"]} for r in rows if r["error"]]

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from medray.allocator import with_malloc_env
+
 
 def class_weights(counts: list[int] | np.ndarray) -> np.ndarray:
     """Inverse-frequency loss weights: each present class gets the same total weight (absent: 0)."""
@@ -175,6 +177,6 @@ def score_and_select(cfg, classes: list[str], state_dict: dict, train_encoded) -
                                           fn_kwargs={"name": fp.negative_class})
     scored = negatives.map_batches(
         ScoreRows, batch_format="pyarrow", batch_size=64, compute=ray.data.ActorPoolStrategy(size=1),
-        num_cpus=0.5, fn_constructor_kwargs={"config": cfg, "classes": classes,
-                                             "state_dict": state_dict, "positive": positive})
+        fn_constructor_kwargs={"config": cfg, "classes": classes, "state_dict": state_dict, "positive": positive},
+        **with_malloc_env({"num_cpus": 0.5}))
     return false_positive_round(scored, fp.negative_class, fp.threshold, fp.repeats, fp.max_per_round)

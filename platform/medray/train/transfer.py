@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from medray.allocator import with_malloc_env
+
 
 class EmbedPatches:
     """Actor: build the backbone once, turn decoded uint8 patches into feature vectors."""
@@ -44,8 +46,8 @@ def embed(ds, cfg, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
 
     out = ds.map_batches(EmbedPatches, batch_format="numpy", batch_size=cfg.batch_size,
                          compute=ray.data.ActorPoolStrategy(size=cfg.scaling.num_workers),
-                         num_cpus=cfg.scaling.cpus_per_worker,
-                         fn_constructor_kwargs={"config": cfg, "num_classes": num_classes})
+                         fn_constructor_kwargs={"config": cfg, "num_classes": num_classes},
+                         **with_malloc_env({"num_cpus": cfg.scaling.cpus_per_worker}))
     feats, labels = [], []
     for batch in out.iter_batches(batch_format="numpy", batch_size=None):
         feats.append(batch["features"])
