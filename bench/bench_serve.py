@@ -238,7 +238,8 @@ def main() -> int:
     parser.add_argument("--wait-ms", type=float, default=2.0, help="Serve batch_wait_timeout_s, in ms")
     parser.add_argument("--threads", type=int, default=cores, help="torch threads, bare and replica alike")
     parser.add_argument("--cpus", type=int, default=cores, help="CPUs of the local Ray cluster")
-    parser.add_argument("--seconds", type=float, default=20.0, help="length of each throughput run")
+    parser.add_argument("--seconds", type=float, default=20.0,
+                        help="length of the Serve load run (the bare batches run half as long before and after it)")
     parser.add_argument("--singles", type=int, default=50, help="sequential single-image runs for the p50s")
     parser.add_argument("--gpu", action="store_true", help="bare model and replica on the GPU (bf16 autocast)")
     parser.add_argument("--ingress", choices=["auto", "haproxy", "proxy"], default="auto",
