@@ -26,8 +26,11 @@ MMAP_THRESHOLD = 256 << 20  # buffers above this (rare: batch activations of big
 TRIM_THRESHOLD = 512 << 20  # free heap kept per process before it is returned to the kernel
 TOP_PAD = 64 << 20  # a thread arena's spare room: keeps its emptied 64 MiB heaps instead of unmapping them
 ARENA_MAX = 1  # threads started after tuning share the main heap (Ray Data and Serve run models on threads)
-# mallopt parameter numbers from glibc's malloc.h
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -2, -3, -8
+# (mallopt parameter number from glibc's malloc.h, the environment variable glibc reads at start-up, value);
+# both thresholds or neither: setting one switches off glibc's dynamic threshold, and a trim
+# threshold alone leaves every buffer above 128 KiB on mmap (slower than the default)
+_SETTINGS = [(-3, "MALLOC_MMAP_THRESHOLD_", MMAP_THRESHOLD), (-1, "MALLOC_TRIM_THRESHOLD_", TRIM_THRESHOLD),
+             (-2, "MALLOC_TOP_PAD_", TOP_PAD), (-8, "MALLOC_ARENA_MAX", ARENA_MAX)]
 
 _applied: bool | None = None
 
@@ -51,11 +54,7 @@ def tune_malloc() -> bool:
     except (OSError, AttributeError):  # not glibc
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    # both thresholds or neither: setting one switches off glibc's dynamic threshold, and a trim
-    # threshold alone leaves every buffer above 128 KiB on mmap (slower than the default)
-    settings = [(_M_MMAP_THRESHOLD, MMAP_THRESHOLD), (_M_TRIM_THRESHOLD, TRIM_THRESHOLD), (_M_TOP_PAD, TOP_PAD),
-                (_M_ARENA_MAX, ARENA_MAX)]
-    _applied = all(mallopt(param, value) == 1 for param, value in settings)
+    _applied = all(mallopt(param, value) == 1 for param, _, value in _SETTINGS)
     return _applied
 
 
@@ -65,8 +64,7 @@ def malloc_env() -> dict[str, str]:
     where tuning is off or not Linux."""
     if not _wanted():
         return {}
-    return {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD), "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD),
-            "MALLOC_TOP_PAD_": str(TOP_PAD), "MALLOC_ARENA_MAX": str(ARENA_MAX)}
+    return {name: str(value) for _, name, value in _SETTINGS}
 
 
 def with_malloc_env(remote_args: dict) -> dict:

@@ -8,8 +8,9 @@ costs ~0.25 ms and gives identical pixels. Decoding is strict: data libjpeg only
 
 Used only where that is known to hold: TIFF levels that are tiled, 8-bit 3-sample JPEG (RGB or
 YCbCr, chunky), read at integer level coordinates (OpenSlide resamples fractional ones), every
-tile present; and each level is checked once against OpenSlide before it is trusted. Anything else returns False and the caller reads through
-OpenSlide, which also reports corrupt tiles the usual way.
+tile present; and each level is checked once against OpenSlide before it is trusted. Anything
+else returns False and the caller reads through OpenSlide, which also reports corrupt tiles the
+usual way.
 """
 
 from __future__ import annotations
