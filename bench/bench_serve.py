@@ -24,7 +24,10 @@ requests still on their way through the proxy. ``--wait-ms`` is ``batch_wait_tim
 request waits that long, so it is part of the p50 overhead; full batches under load never wait.
 
 It also prints the CPU time each Serve process spent per request under load (Linux ``/proc``):
-on 2 cores that, not the model, bounds requests/s for a small model. ``--ingress`` picks how HTTP
+on 2 cores that, not the model, bounds requests/s for a small model. And it prints how much of the
+load run the replica's model was busy and how long its passes took per image against the bare
+pass: busy near 100 % with slower passes means the model is sharing cores with the HTTP path,
+busy well below 100 % would mean requests do not reach the batch queue fast enough. ``--ingress`` picks how HTTP
 reaches the app (``medray.serve.ingress_mode``): ``haproxy`` (medray's default: HAProxy in front
 of an ingress replica that serves HTTP itself) or ``proxy`` (Ray Serve's Python proxy actor).
 
@@ -137,6 +140,7 @@ async def _load(url: str, payload: bytes, clients: int, seconds: float, singles:
         out["stats_before"] = await asyncio.to_thread(_stats)
         cpu_before = _cpu_seconds()
         count, errors, latencies, elapsed = await run(seconds)
+        out["load_elapsed_s"] = elapsed
         cpu_after = _cpu_seconds()
         out["stats_after"] = await asyncio.to_thread(_stats)
         out["cpu_ms"] = {role: (cpu_after[role] - cpu_before.get(role, 0.0)) * 1000 / max(count, 1)
@@ -220,8 +224,10 @@ def through_serve(bundle: str, payload: bytes, opts: argparse.Namespace) -> dict
         ray.shutdown()
     before, after = out.pop("stats_before"), out.pop("stats_after")
     batches = after["batches_total"] - before["batches_total"]
+    forward_s = after["forward_s_total"] - before["forward_s_total"]
     out.update(mean_batch=(after["samples_total"] - before["samples_total"]) / max(batches, 1),
-               max_batch=after["max"], torch_threads=after["torch_threads"])
+               max_batch=after["max"], torch_threads=after["torch_threads"],
+               busy=forward_s / out["load_elapsed_s"], forward_ms=forward_s * 1000 / max(batches, 1))
     return out
 
 
@@ -270,6 +276,10 @@ def main() -> int:
           f"p50 {srv['load_p50_ms']:.1f} ms, p99 {srv['load_p99_ms']:.1f} ms under load), "
           f"p50 one request {srv['p50_ms']:7.2f} ms, batches mean {srv['mean_batch']:.1f} max {srv['max_batch']}, "
           f"errors {srv['errors']}")
+    per_image = srv["forward_ms"] / max(srv["mean_batch"], 1e-9)
+    print(f"replica    : model busy {srv['busy']:.0%} of the load run; a pass of {srv['mean_batch']:.1f} images took "
+          f"{srv['forward_ms']:.1f} ms = {per_image:.1f} ms per image vs {1000 / bare_ips:.1f} ms bare "
+          f"({per_image * bare_ips / 1000:.2f}x: the HTTP path's processes and threads share the cores)")
     cpu = ", ".join(f"{role.removeprefix('ServeReplica:bench:')} {ms:.1f}" for role, ms in
                     sorted(srv["cpu_ms"].items(), key=lambda kv: -kv[1]))
     print(f"CPU per request under load (ms): {cpu}; total {sum(srv['cpu_ms'].values()):.1f}")

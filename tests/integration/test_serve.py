@@ -99,12 +99,17 @@ def test_skin_returns_seven_probabilities(client):
 def test_concurrent_requests_are_batched(client):
     from ray import serve
 
+    handle = serve.get_deployment_handle("CTClassifier", app_name=APP)
+    before = handle.batch_stats.remote().result()
     pngs = [_png(4.0, 200 + i) for i in range(24)]
     with concurrent.futures.ThreadPoolExecutor(12) as pool:
         results = list(pool.map(lambda d: _upload(client, "/ct/classify", d), pngs))
     assert [r.status_code for r in results] == [200] * 24
-    stats = serve.get_deployment_handle("CTClassifier", app_name=APP).batch_stats.remote().result()
+    stats = handle.batch_stats.remote().result()
     assert 1 < stats["max"] <= 8, stats
+    assert stats["samples_total"] - before["samples_total"] == 24
+    assert stats["batches_total"] - before["batches_total"] < 24  # some requests shared a pass
+    assert stats["forward_s_total"] > before["forward_s_total"]  # pass time is recorded
 
 
 @pytest.mark.parametrize("case, status, error, match", [

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from typing import Any
 
 import numpy as np
@@ -69,6 +70,7 @@ class ImageClassifier:
         self._predict.set_batch_wait_timeout_s(args.batch_wait_timeout_s)
         self.batch_sizes: list[int] = []
         self.batches_total = self.samples_total = 0  # since start (batch_sizes keeps the last 1000)
+        self.forward_s_total = 0.0  # seconds spent in forward passes since start
         self._model_free: asyncio.Event | None = None  # set while no forward pass runs (made on the loop)
 
     def _free(self) -> asyncio.Event:
@@ -95,22 +97,26 @@ class ImageClassifier:
         batch = np.stack(samples)
         free = self._free()
         free.clear()
+        start = time.perf_counter()
         try:
             probs = await asyncio.get_running_loop().run_in_executor(
                 None, lambda: self.model.predict_proba(batch, batch_size=len(samples)))
         finally:
             free.set()
+            self.forward_s_total += time.perf_counter() - start
         return list(probs)
 
     def describe(self) -> dict[str, Any]:
         return model_card(self.endpoint, self.model, self.args)
 
     def batch_stats(self) -> dict[str, Any]:
-        """Recent batch sizes, totals since start and torch's thread count (for tests and the
-        benchmark: proves batching happened, and with how many threads the model ran)."""
+        """Recent batch sizes, totals since start (batches, samples, seconds in forward passes) and
+        torch's thread count: proves batching happened, and (from two readings) shows how much of
+        a load run the model was busy and how long each pass took, with how many threads."""
         import torch
 
         sizes = self.batch_sizes
         return {"batches": len(sizes), "max": max(sizes, default=0),
                 "mean": float(np.mean(sizes)) if sizes else 0.0, "batches_total": self.batches_total,
-                "samples_total": self.samples_total, "torch_threads": torch.get_num_threads()}
+                "samples_total": self.samples_total, "forward_s_total": self.forward_s_total,
+                "torch_threads": torch.get_num_threads()}
