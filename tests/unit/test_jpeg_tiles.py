@@ -127,3 +127,55 @@ def test_a_damaged_first_tile_does_not_turn_the_direct_path_off(tissue, tmp_path
         assert slide._tiles._verified == {}  # undecided, not refused
         assert np.array_equal(slide.read_region(256, 0, 0, 256), good.read_region(256, 0, 0, 256))
         assert slide._tiles._verified == {0: True}
+
+
+def _decodes_for_half_tile_strips(path, monkeypatch) -> tuple[int, int]:
+    """(tile decodes, tiles touched) reading level 0 as 128-px-high strips of 128² patches, row by
+    row, the order a scoring unit reads them; pixels checked against OpenSlide on the way."""
+    with open_slide(str(path)) as fast, open_slide(str(path), tile_decode=False) as plain:
+        fast.read_region(0, 0, 0, 16)  # the level's one-off check against OpenSlide
+        reader = fast._tiles
+        reader._cache.clear()
+        decodes = []
+        decode = reader._decode
+
+        def counted(spec, index, out=None):
+            decodes.append(index)
+            return decode(spec, index, out)
+
+        monkeypatch.setattr(reader, "_decode", counted)
+        w, h = fast.level_dimensions[0]
+        width = w // 128 * 128
+        for y in range(0, h - 127, 128):
+            strip = fast.read_region(0, y, 0, (width, 128))
+            assert np.array_equal(strip, plain.read_region(0, y, 0, (width, 128))), y
+        return len(decodes), len(set(decodes))
+
+
+def test_a_tile_row_stays_decoded_for_the_next_strip(tissue, monkeypatch):
+    """Patches half a tile high read each tile row twice; the cache keeps a whole row, so every
+    tile is decoded once. With a cache smaller than a row (the old fixed 32 tiles on a wide
+    slide), each tile row is decoded twice."""
+    from medray.slides import jpeg_tiles
+
+    monkeypatch.setattr(jpeg_tiles, "CACHE_MIN_TILES", 2)  # this slide is only 6 tiles across
+    decodes, touched = _decodes_for_half_tile_strips(tissue, monkeypatch)
+    assert decodes == touched == 6 * 5  # 1500 px: 6 tiles across; strips inside the level: 5 tile rows
+
+    monkeypatch.setattr(jpeg_tiles, "CACHE_BYTES", 3 * 256 * 256 * 4)  # 3 tiles: less than a row
+    decodes, touched = _decodes_for_half_tile_strips(tissue, monkeypatch)
+    assert touched == 30 and decodes == 4 * 6 * 2 + 6  # every tile row read twice decoded twice
+
+
+def test_cache_size_is_a_tile_row_within_bounds():
+    from medray.slides.jpeg_tiles import CACHE_BYTES, CACHE_MIN_TILES, _Level, cache_tiles
+
+    def level(across: int, tile: int = 256) -> _Level:
+        return _Level(width=across * tile, height=tile, tile_w=tile, tile_h=tile, tiles_across=across,
+                      offsets=np.zeros(across), counts=np.ones(across), prefix=b"")
+
+    assert cache_tiles(level(3)) == CACHE_MIN_TILES
+    assert cache_tiles(level(157)) == 159  # a 40,000² level of 256² tiles: one row and two more
+    assert cache_tiles(level(391)) == CACHE_BYTES // (256 * 256 * 4)  # a 100,000² level: capped at 64 MiB
+    assert cache_tiles(level(391, tile=512)) == 64  # 1 MiB tiles: 64 MiB is 64 of them
+    assert cache_tiles(level(391, tile=4096)) == 2  # 64 MiB tiles: the cap wins, but 2 are kept

@@ -25,7 +25,12 @@ import numpy as np
 
 # Formats whose levels are plain TIFF tile grids (no overlaps, no per-tile transforms).
 VENDORS = ("generic-tiff", "aperio")
-CACHE_TILES = 32  # decoded tiles kept (32 × 256² × 4 B = 8 MiB): patches smaller than a tile share them
+# Decoded tiles kept per reader: one row of the level being read, so the next strip of patches
+# smaller than a tile (a 128² grid on 256² tiles reads each tile row twice) finds its tiles
+# decoded; at least CACHE_MIN_TILES, at most what CACHE_BYTES holds (a 40,000² level of 256²
+# tiles: 159 tiles, 40 MiB; a 100,000² one: capped at 256 tiles, 64 MiB).
+CACHE_MIN_TILES = 32
+CACHE_BYTES = 64 << 20
 _SOI = b"\xff\xd8"
 # An Adobe APP14 segment with transform 0: "these three components are R, G, B" (Aperio's RGB JPEG
 # tiles carry no JFIF/Adobe marker, and libjpeg would otherwise take them for YCbCr).
@@ -69,6 +74,13 @@ def _tiff_levels(path: str, level_dimensions: tuple[tuple[int, int], ...]) -> di
                 offsets=np.asarray(page.dataoffsets, np.int64), counts=np.asarray(page.databytecounts, np.int64),
                 prefix=prefix)
     return levels
+
+
+def cache_tiles(spec: _Level) -> int:
+    """How many decoded tiles a reader keeps while reading ``spec``: a tile row and two more, at
+    least ``CACHE_MIN_TILES``, never more than ``CACHE_BYTES`` hold (but 2 tiles however large)."""
+    most = max(2, CACHE_BYTES // (spec.tile_w * spec.tile_h * 4))
+    return min(max(CACHE_MIN_TILES, spec.tiles_across + 2), most)
 
 
 class JpegTileReader:
@@ -121,24 +133,23 @@ class JpegTileReader:
             return False
         tx0, ty0 = x // spec.tile_w, y // spec.tile_h
         tx1, ty1 = (x + w - 1) // spec.tile_w, (y + h - 1) // spec.tile_h
-        indices = [ty * spec.tiles_across + tx for ty in range(ty0, ty1 + 1) for tx in range(tx0, tx1 + 1)]
-        if min(int(spec.counts[i]) for i in indices) <= 0:  # a missing tile: OpenSlide's transparency rules
+        tiles = [(tx, ty, ty * spec.tiles_across + tx) for ty in range(ty0, ty1 + 1) for tx in range(tx0, tx1 + 1)]
+        if min(int(spec.counts[i]) for _, _, i in tiles) <= 0:  # a missing tile: OpenSlide's transparency rules
             return False
         if level not in self._verified and not self._verify(level, spec, tx0, ty0, reference):
             return False
         whole_tile = (w == spec.tile_w and h == spec.tile_h and x % spec.tile_w == 0 and y % spec.tile_h == 0)
         try:
             if whole_tile:
-                self._decode(spec, indices[0], argb.view(np.uint8).reshape(h, w, 4))
+                self._decode(spec, tiles[0][2], argb.view(np.uint8).reshape(h, w, 4))
                 return True
             out = argb.view(np.uint8).reshape(h, w, 4)
-            for ty in range(ty0, ty1 + 1):
-                for tx in range(tx0, tx1 + 1):
-                    tile = self._tile(level, spec, ty * spec.tiles_across + tx)
-                    left, top = tx * spec.tile_w, ty * spec.tile_h
-                    sx0, sy0 = max(x, left), max(y, top)
-                    sx1, sy1 = min(x + w, left + spec.tile_w), min(y + h, top + spec.tile_h)
-                    out[sy0 - y:sy1 - y, sx0 - x:sx1 - x] = tile[sy0 - top:sy1 - top, sx0 - left:sx1 - left]
+            for tx, ty, index in tiles:
+                tile = self._tile(level, spec, index)
+                left, top = tx * spec.tile_w, ty * spec.tile_h
+                sx0, sy0 = max(x, left), max(y, top)
+                sx1, sy1 = min(x + w, left + spec.tile_w), min(y + h, top + spec.tile_h)
+                out[sy0 - y:sy1 - y, sx0 - x:sx1 - x] = tile[sy0 - top:sy1 - top, sx0 - left:sx1 - left]
             return True
         except Exception:  # a damaged tile: OpenSlide reads it again and reports it properly
             return False
@@ -157,7 +168,7 @@ class JpegTileReader:
         return pixels
 
     def _tile(self, level: int, spec: _Level, index: int) -> np.ndarray:
-        """A decoded tile through the small LRU cache (a patch grid finer than the tiles reuses them)."""
+        """A decoded tile through the LRU cache (a patch grid finer than the tiles reuses them)."""
         key = (level, index)
         with self._lock:
             tile = self._cache.get(key)
@@ -167,7 +178,7 @@ class JpegTileReader:
         tile = self._decode(spec, index)
         with self._lock:
             self._cache[key] = tile
-            while len(self._cache) > CACHE_TILES:
+            while len(self._cache) > cache_tiles(spec):
                 self._cache.popitem(last=False)
         return tile
 
