@@ -54,6 +54,11 @@ def test_params_lineage_and_model_round_trip(store, tmp_path):
     assert params["train.lr"] == "0.001" and params["model.name"] == "smallcnn"
     assert len(params["note"]) == 6000
     assert result == {**result, "model_uri": "models:/tumor-clf/1", "version": "1"}
+    with open(mlflow.pyfunc.get_model_dependencies("models:/tumor-clf/1")) as f:
+        requirements = f.read().split()
+    assert requirements == tracking.model_requirements()  # given, not inferred (that costs ~11 s)
+    pins = dict(r.split("==") for r in requirements)
+    assert pins["torch"] == torch.__version__.split("+")[0] and pins["monai"] and pins["medray"]
 
     stored = mlflow.get_run(run.info.run_id)
     assert stored.data.params["model.num_classes"] == "2"

@@ -135,6 +135,28 @@ def code_version() -> str:
     return f"{sha}-dirty" if dirty else (sha or medray.__version__)
 
 
+MODEL_PACKAGES = ("torch", "monai", "numpy", "cloudpickle", "mlflow")  # what unpickling a medray network imports
+
+
+def model_requirements() -> list[str]:
+    """Pinned pip requirements of a logged medray model, from this environment: the packages its
+    pickled network needs and medray itself (its classes are medray's or MONAI's).
+
+    Given explicitly because MLflow's inference of them loads the model in a fresh Python process
+    (~11 s per logged model here) and still misses MONAI. Local version labels (``+cpu``) are
+    dropped so the pins install from PyPI.
+    """
+    from importlib import metadata
+
+    pins = []
+    for name in MODEL_PACKAGES:
+        try:
+            pins.append(f"{name}=={metadata.version(name).split('+')[0]}")
+        except metadata.PackageNotFoundError:  # not installed: the model cannot need it
+            continue
+    return pins + [f"medray=={medray.__version__}"]
+
+
 def _model_input(example: np.ndarray, preprocessing: Any) -> np.ndarray:
     """The network's input for ``example``: raw pixels go through ``to_tensor``; NC[D]HW floats pass."""
     from medray.models.preprocess import to_tensor
@@ -181,7 +203,8 @@ def log_model(model: Any, spec: Any, classes: list[str], preprocessing: Any, thr
             info = mlflow.pytorch.log_model(
                 net.cpu() if device.type != "cpu" else net, name=name, serialization_format="pickle",
                 signature=signature, input_example=x, extra_files=[meta_path],
-                metadata={"medray_bundle": meta}, registered_model_name=registered_name)
+                metadata={"medray_bundle": meta}, registered_model_name=registered_name,
+                pip_requirements=model_requirements())
         if device.type != "cpu":
             net.to(device)
     finally:
