@@ -127,7 +127,7 @@ def main() -> None:
     ray.init(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
 
     # Decode once and materialise, so every loop sees identical in-memory data.
-    train_ds = decoded(read_dataset(tmp), cfg, CLASSES, train=False).materialize()
+    train_ds = decoded(read_dataset(tmp), cfg, CLASSES).materialize()
     val_ds = train_ds.limit(cfg.batch_size).materialize()
     table = train_ds.to_pandas()
     images = np.stack(table["image"].to_numpy())

@@ -76,19 +76,50 @@ def test_augment_batch_reproducible_with_rng():
     assert one.shape == batch.shape and one.dtype == np.uint8 and np.array_equal(one, two)
 
 
-def test_training_decode_builds_the_augmentation_once_per_process_and_stays_reproducible():
-    from medray.datasets.codec import encode_image
+def test_training_augmentation_draws_anew_each_epoch_and_is_reproducible():
+    """Worker-side augmentation: the same batch in the same epoch gives the same images (a rerun
+    reproduces), another epoch gives other draws (a decode task re-running identically each epoch
+    used to repeat them), and each collate thread gets its own pipeline."""
+    import threading
+
     from medray.train import data as D
 
     rng = np.random.default_rng(5)
-    images = [encode_image(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), "png") for _ in range(4)]
-    batch = {"image": np.array(images, dtype=object), "encoding": np.array(["png"] * 4, dtype=object),
-             "label_name": np.array(["a", "b", "a", "b"], dtype=object)}
+    batch = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
     cfg = AugmentConfig()
-    first = D._decode_fn(batch, ["a", "b"], 32, 3, cfg, 7)
-    assert D._augment_for(cfg, 7, 2) is D._augment_for(AugmentConfig(), 7, 2)  # equal config: the same object
-    assert D._augment_for(cfg, 8, 2) is not D._augment_for(cfg, 7, 2)
-    again = D._decode_fn(batch, ["a", "b"], 32, 3, cfg, 7)
-    assert np.array_equal(first["image"], again["image"])  # reseeded per batch: reuse changes nothing
-    plain = D._decode_fn(batch, ["a", "b"], 32, 3, None, 7)
-    assert not np.array_equal(first["image"], plain["image"]) and first["label"].tolist() == [0, 1, 0, 1]
+    one, two = D.EpochAugment(cfg, 7, 2), D.EpochAugment(cfg, 7, 2)
+    first = one(batch)
+    assert first.shape == batch.shape and first.dtype == np.uint8 and not np.array_equal(first, batch)
+    assert np.array_equal(first, two(batch)) and np.array_equal(first, one(batch))  # reseeded per batch
+    one.epoch = 1
+    second = one(batch)
+    assert not np.array_equal(second, first)
+    two.epoch = 1
+    assert np.array_equal(second, two(batch))
+
+    pipelines = []
+    thread = threading.Thread(target=lambda: pipelines.append(one._pipeline()))
+    thread.start()
+    thread.join()
+    assert pipelines[0] is not one._pipeline() and one._pipeline() is one._pipeline()
+
+    volumes = rng.integers(0, 256, (2, 1, 8, 16, 16), dtype=np.uint8)
+    out = D.EpochAugment(cfg, 7, 3)(volumes)
+    assert out.shape == volumes.shape and out.dtype == np.uint8
+
+
+def test_decoded_stream_is_not_augmented_and_augmentation_follows_the_config():
+    from medray.datasets.codec import encode_image
+    from medray.train import data as D
+    from medray.train.config import TrainConfig
+
+    rng = np.random.default_rng(5)
+    images = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(4)]
+    batch = {"image": np.array([encode_image(i, "png") for i in images], dtype=object),
+             "encoding": np.array(["png"] * 4, dtype=object), "label_name": np.array(["a", "b", "a", "b"], dtype=object)}
+    out = D._decode_fn(batch, ["a", "b"], 32, 3)
+    assert np.array_equal(out["image"], np.stack(images)) and out["label"].tolist() == [0, 1, 0, 1]
+    cfg = TrainConfig(dataset="x", preprocessing={"size": 32})
+    assert isinstance(D.augmentation(cfg), D.EpochAugment)
+    assert D.augmentation(cfg.model_copy(update={"augment": AugmentConfig(enabled=False)})) is None
+    assert D.example_bytes(cfg) == 32 * 32 * 3

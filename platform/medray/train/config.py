@@ -103,6 +103,9 @@ class TrainConfig(MedrayModel):
     registered_model_name: str | None = Field(None, description="Register the model under this name")
     cache_val: bool = Field(True, description="Decode the validation set once into the object store "
                                               "(faster epochs; turn off when it does not fit in memory)")
+    cache_train_mb: int = Field(512, ge=0, description="Decode the training set once into the object store "
+                                "when it is at most this many MiB decoded (epochs then skip reading and "
+                                "decoding; augmentation still draws anew each epoch); 0: never")
     seed: int = Field(0, description="Seed for torch/numpy/augmentation")
     num_threads: int | None = Field(None, ge=1, description="torch threads per worker (default: torch's)")
     storage: StorageOptions = Field(default_factory=StorageOptions, description="Object storage access")

@@ -1,13 +1,17 @@
-"""Ray Data side of training: read + split a dataset, decode (+ augment) rows in ``map_batches``.
+"""Ray Data side of training: read + split a dataset, decode rows in ``map_batches``.
 
 The stream handed to Ray Train holds ``image`` (uint8, N×H×W×C at the model's size) and ``label``
 (model class index); normalisation to float happens on the worker in ``to_tensor``, so the stream
-stays 4× smaller than float pixels.
+stays 4× smaller than float pixels. Augmentation also happens on the worker (``EpochAugment``),
+because only the worker knows the epoch: a decode task re-runs identically every epoch, so
+augmenting there gave every epoch the same draws. That also lets a small decoded training set
+be held in the object store for the whole run (``cache_train_mb``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import threading
 import zlib
 from typing import Any
 
@@ -130,17 +134,12 @@ def decode_batch(batch: dict[str, np.ndarray], classes: list[str], size: int, ch
         if spatial_dims == 3:  # volumes were resampled to one shape at ingest (loader.target_shape)
             if image.shape[0] != channels:
                 raise ConfigError(f"volume has {image.shape[0]} channels; the model expects {channels}")
-            if augment is not None:
-                image = np.clip(np.rint(augment(image.astype(np.float32) / 255.0) * 255.0), 0, 255).astype(np.uint8)
-            images.append(image)
-            continue
-        image = _to_channels(image, channels)
-        if image.dtype != np.uint8:
-            image = np.clip(image, 0, 255).astype(np.uint8)
-        image = _resize(image, size)
-        if augment is not None:
-            image = apply_augment(augment, image)
-        images.append(image)
+        else:
+            image = _to_channels(image, channels)
+            if image.dtype != np.uint8:
+                image = np.clip(image, 0, 255).astype(np.uint8)
+            image = _resize(image, size)
+        images.append(augment_image(augment, image, spatial_dims) if augment is not None else image)
     labels = np.array([index[str(name)] for name in batch["label_name"]], dtype=np.int64)
     empty = (0, channels, size, size, size) if spatial_dims == 3 else (0, size, size, channels)
     out = np.stack(images) if images else np.zeros(empty, np.uint8)
@@ -153,33 +152,63 @@ def apply_augment(augment: Any, image: np.ndarray) -> np.ndarray:
     return out if out.dtype == np.uint8 else np.clip(out, 0, 255).astype(np.uint8)
 
 
-_AUGMENTS: dict[tuple[str, int, int], Any] = {}  # per worker process: built once, reseeded per batch
+def augment_image(augment: Any, image: np.ndarray, spatial_dims: int) -> np.ndarray:
+    """One stream example through an augmentation: 2D HWC uint8, or a 3D CDHW uint8 volume
+    (augmented as floats in [0, 1])."""
+    if spatial_dims == 3:
+        return np.clip(np.rint(augment(image.astype(np.float32) / 255.0) * 255.0), 0, 255).astype(np.uint8)
+    return apply_augment(augment, image)
 
 
-def _augment_for(augment_cfg: Any, seed: int, spatial_dims: int) -> Any:
-    """This process's augmentation pipeline for a config (decode_batch reseeds it per batch)."""
-    key = (augment_cfg.model_dump_json(), int(seed), int(spatial_dims))
-    if key not in _AUGMENTS:
-        from medray.train.augment import build_augment_2d, build_augment_3d
+class EpochAugment:
+    """Augments decoded training batches on the Ray Train worker, seeded by (seed, epoch, batch
+    content): new draws every epoch, the same draws for the same run. Safe to call from the
+    iterator's collate threads (one pipeline per thread, reseeded per batch)."""
 
-        _AUGMENTS[key] = (build_augment_3d if spatial_dims == 3 else build_augment_2d)(augment_cfg, seed)
-    return _AUGMENTS[key]
+    def __init__(self, augment_cfg: Any, seed: int, spatial_dims: int) -> None:
+        self.cfg, self.seed, self.spatial_dims = augment_cfg, int(seed), int(spatial_dims)
+        self.epoch = 0
+        self._local = threading.local()
+
+    def _pipeline(self) -> Any:
+        fn = getattr(self._local, "fn", None)
+        if fn is None:
+            from medray.train.augment import build_augment_2d, build_augment_3d
+
+            build = build_augment_3d if self.spatial_dims == 3 else build_augment_2d
+            fn = self._local.fn = build(self.cfg, self.seed)
+        return fn
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        if len(images) == 0:
+            return images
+        fn = self._pipeline()
+        first = zlib.crc32(np.ascontiguousarray(images[0]).tobytes())
+        fn.reseed(int(np.random.default_rng([self.seed, self.epoch, first]).integers(0, 2**31 - 1)))
+        return np.stack([augment_image(fn, image, self.spatial_dims) for image in images])
 
 
-def _decode_fn(batch, classes, size, channels, augment_cfg, seed, spatial_dims=2):
-    augment = _augment_for(augment_cfg, seed, spatial_dims) if augment_cfg is not None else None
-    return decode_batch(batch, classes, size, channels, augment, seed, spatial_dims)
+def augmentation(cfg) -> EpochAugment | None:
+    """The worker-side augmentation of a training config, or None when it is off."""
+    if not getattr(cfg.augment, "enabled", True):
+        return None
+    return EpochAugment(cfg.augment, cfg.seed, cfg.model.spatial_dims)
 
 
-def decoded(ds, cfg, classes: list[str], train: bool, batch_size: int = 64):
-    """``ds`` of encoded rows → stream of decoded (and, for training, augmented) examples."""
-    augment_cfg = cfg.augment if train and _augment_enabled(cfg.augment) else None
+def _decode_fn(batch, classes, size, channels, spatial_dims=2):
+    return decode_batch(batch, classes, size, channels, spatial_dims=spatial_dims)
+
+
+def decoded(ds, cfg, classes: list[str], batch_size: int = 64):
+    """``ds`` of encoded rows → stream of decoded examples at the model's size (not augmented)."""
     return ds.map_batches(
         _decode_fn, batch_format="numpy", batch_size=batch_size,
         fn_kwargs={"classes": classes, "size": cfg.preprocessing.size, "channels": cfg.model.in_channels,
-                   "augment_cfg": augment_cfg, "seed": cfg.seed, "spatial_dims": cfg.model.spatial_dims})
+                   "spatial_dims": cfg.model.spatial_dims})
 
 
-def _augment_enabled(augment_cfg) -> bool:
-    enabled = getattr(augment_cfg, "enabled", True)
-    return bool(enabled)
+def example_bytes(cfg) -> int:
+    """About the bytes of one decoded stream example: uint8 pixels at the model's input size
+    (volumes keep their ingest shape; size³ is taken as its bound)."""
+    size, channels = cfg.preprocessing.size, cfg.model.in_channels
+    return channels * size ** (3 if cfg.model.spatial_dims == 3 else 2)

@@ -175,7 +175,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     loss_fn = nn.CrossEntropyLoss(weight=torch.tensor(weight, dtype=torch.float32, device=device) if weight else None)
     prep = make_preprocessing(cfg)
 
-    collate = ToTensorCollate(prep)
+    from medray.train.data import augmentation
+
+    augment = augmentation(cfg)  # on the worker: it knows the epoch (see medray.train.data)
+    collate, val_collate = ToTensorCollate(prep, augment), ToTensorCollate(prep)
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
     positive = 1 if len(classes) == 2 else None
@@ -186,6 +189,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         total, seen = 0.0, 0
         per_class = torch.zeros(len(classes), dtype=torch.int64, device=device)  # batches may arrive on the GPU
         started = time.perf_counter()
+        if augment is not None:
+            augment.epoch = epoch
         # seeded local shuffle: mixes classes within batches, same order for the same seed and epoch
         for x, y in train_shard.iter_torch_batches(batch_size=cfg.batch_size, collate_fn=collate,
                                                    local_shuffle_buffer_size=SHUFFLE_BATCHES * cfg.batch_size,
@@ -203,7 +208,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:
-                batches = val_shard.iter_torch_batches(batch_size=max(cfg.batch_size, 64), collate_fn=collate)
+                batches = val_shard.iter_torch_batches(batch_size=max(cfg.batch_size, 64), collate_fn=val_collate)
                 probs, labels = predict_scores(unwrap(model), batches, device, amp_dtype)
                 threshold = 0.5
                 if positive is not None and len(labels) and len(np.unique(labels)) > 1:
@@ -224,15 +229,18 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
 
 class ToTensorCollate(NumpyBatchCollateFn):
-    """Collate for ``iter_torch_batches``: uint8 NHWC images → normalised NCHW float, labels → int64."""
+    """Collate for ``iter_torch_batches``: uint8 NHWC images (augmented first, when given an
+    ``EpochAugment``) → normalised NCHW float, labels → int64."""
 
-    def __init__(self, prep) -> None:
+    def __init__(self, prep, augment=None) -> None:
         self.prep = prep
+        self.augment = augment
 
     def __call__(self, batch: dict[str, np.ndarray]):
         from medray.models.preprocess import to_tensor
 
-        return to_tensor(batch["image"], self.prep).contiguous(), torch.as_tensor(batch["label"])
+        images = batch["image"] if self.augment is None else self.augment(batch["image"])
+        return to_tensor(images, self.prep).contiguous(), torch.as_tensor(batch["label"])
 
 
 def metric_key(name: str) -> str:

@@ -127,7 +127,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
 
     from medray.config.base import write_resolved_config
     from medray.train import sampling
-    from medray.train.data import decoded, load_train_data
+    from medray.train.data import decoded, example_bytes, load_train_data
 
     check_resume(cfg, resume)
     data = load_train_data(cfg)
@@ -144,7 +144,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     run_id, tracking_uri = (_start_mlflow(cfg, data, resume, stream_counts) if _mlflow_on(cfg)
                             else (None, None))
     weights = sampling.class_weights(counts).tolist() if cfg.imbalance == "class_weights" else None
-    val_ds = decoded(data.val, cfg, classes, train=False)
+    val_ds = decoded(data.val, cfg, classes)
     if cfg.cache_val:
         val_ds = val_ds.materialize()
     loop_config = {"config": cfg, "classes": classes, "class_weights": weights,
@@ -155,7 +155,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     for round_index in range(cfg.fp_oversampling.rounds + 1):
         total_epochs = cfg.epochs + round_index * cfg.fp_oversampling.epochs_per_round
         train_encoded = base_train if extra_rows is None else base_train.union(extra_rows)
-        train_ds = decoded(train_encoded, cfg, classes, train=True)
+        train_ds = decoded(train_encoded, cfg, classes)
+        rows = sum(stream_counts.values()) + sum(r["added_rows"] for r in fp_rounds)
+        if rows * example_bytes(cfg) <= cfg.cache_train_mb << 20:  # small: decode once, not every epoch
+            train_ds = train_ds.materialize()
         result = fit(cfg, train_ds, val_ds, {**loop_config, "total_epochs": total_epochs, "round": round_index})
         if round_index < cfg.fp_oversampling.rounds:
             state, _, _ = read_checkpoint(result.checkpoint)

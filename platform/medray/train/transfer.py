@@ -100,8 +100,8 @@ def train_transfer(cfg) -> dict[str, Any]:
     classes = data.classes
     config_uri = write_resolved_config(cfg, cfg.output, cfg.storage)
     run_id = _start_mlflow(cfg, data, resume=False)[0] if _mlflow_on(cfg) else None
-    x_train, y_train = embed(decoded(data.train, cfg, classes, train=False), cfg, len(classes))
-    x_val, y_val = embed(decoded(data.val, cfg, classes, train=False), cfg, len(classes))
+    x_train, y_train = embed(decoded(data.train, cfg, classes), cfg, len(classes))
+    x_val, y_val = embed(decoded(data.val, cfg, classes), cfg, len(classes))
     weights = None
     if cfg.imbalance != "none":
         weights = sampling.class_weights(np.bincount(y_train, minlength=len(classes))).tolist()
