@@ -207,6 +207,18 @@ def decoded(ds, cfg, classes: list[str], batch_size: int = 64):
                    "spatial_dims": cfg.model.spatial_dims})
 
 
+def materialize_in_order(ds):
+    """``ds.materialize()`` with its blocks in input order (Ray's default keeps them in finishing
+    order, which would make a run's batches, and so its results, differ between runs)."""
+    options = ds.context.execution_options
+    saved = options.preserve_order
+    options.preserve_order = True
+    try:
+        return ds.materialize()  # copies the context as it is now
+    finally:
+        options.preserve_order = saved
+
+
 def example_bytes(cfg) -> int:
     """About the bytes of one decoded stream example: uint8 pixels at the model's input size
     (volumes keep their ingest shape; size³ is taken as its bound)."""

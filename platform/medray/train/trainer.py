@@ -127,7 +127,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
 
     from medray.config.base import write_resolved_config
     from medray.train import sampling
-    from medray.train.data import decoded, example_bytes, load_train_data
+    from medray.train.data import decoded, example_bytes, load_train_data, materialize_in_order
 
     check_resume(cfg, resume)
     data = load_train_data(cfg)
@@ -146,7 +146,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     weights = sampling.class_weights(counts).tolist() if cfg.imbalance == "class_weights" else None
     val_ds = decoded(data.val, cfg, classes)
     if cfg.cache_val:
-        val_ds = val_ds.materialize()
+        val_ds = materialize_in_order(val_ds)
     loop_config = {"config": cfg, "classes": classes, "class_weights": weights,
                    "mlflow_run_id": run_id, "mlflow_tracking_uri": tracking_uri}
     fp_rounds: list[dict[str, int]] = []
@@ -158,7 +158,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         train_ds = decoded(train_encoded, cfg, classes)
         rows = sum(stream_counts.values()) + sum(r["added_rows"] for r in fp_rounds)
         if rows * example_bytes(cfg) <= cfg.cache_train_mb << 20:  # small: decode once, not every epoch
-            train_ds = train_ds.materialize()
+            train_ds = materialize_in_order(train_ds)
         result = fit(cfg, train_ds, val_ds, {**loop_config, "total_epochs": total_epochs, "round": round_index})
         if round_index < cfg.fp_oversampling.rounds:
             state, _, _ = read_checkpoint(result.checkpoint)
