@@ -123,3 +123,10 @@ def test_decoded_stream_is_not_augmented_and_augmentation_follows_the_config():
     assert isinstance(D.augmentation(cfg), D.EpochAugment)
     assert D.augmentation(cfg.model_copy(update={"augment": AugmentConfig(enabled=False)})) is None
     assert D.example_bytes(cfg) == 32 * 32 * 3
+
+    from medray.train.loop import collate_threads
+
+    assert collate_threads(cfg, None) == 1  # no augmentation: Ray's default prefetch
+    assert collate_threads(cfg, D.augmentation(cfg)) == 2  # default 0.5 CPU per worker: still 2 threads
+    many = cfg.model_copy(update={"scaling": cfg.scaling.model_copy(update={"cpus_per_worker": 8})})
+    assert collate_threads(many, D.augmentation(many)) == 4  # Ray caps the format pool at 4
