@@ -118,17 +118,11 @@ def to_stream_layout(array: np.ndarray, encoding: str, spatial_dims: int) -> np.
 
 
 def decode_batch(batch: dict[str, np.ndarray], classes: list[str], size: int, channels: int,
-                 augment: Any = None, seed: int = 0, spatial_dims: int = 2) -> dict[str, np.ndarray]:
-    """Encoded rows → uint8 N×size×size×C images and class indices (pure; used in ``map_batches``).
-
-    Augmentation randomness is seeded by the batch content, so a run is reproducible.
-    """
+                 spatial_dims: int = 2) -> dict[str, np.ndarray]:
+    """Encoded rows → uint8 N×size×size×C images (N×C×D×H×W volumes) and class indices (pure;
+    used in ``map_batches``; augmentation is the worker's, ``EpochAugment``)."""
     index = {name: i for i, name in enumerate(classes)}
     images = []
-    if augment is not None and len(batch["image"]):
-        rng = np.random.default_rng([seed, zlib.crc32(bytes(batch["image"][0]))])
-        if hasattr(augment, "reseed"):
-            augment.reseed(int(rng.integers(0, 2**31 - 1)))
     for data, encoding in zip(batch["image"], batch["encoding"]):
         image = to_stream_layout(decode_image(bytes(data), str(encoding)), str(encoding), spatial_dims)
         if spatial_dims == 3:  # volumes were resampled to one shape at ingest (loader.target_shape)
@@ -139,7 +133,7 @@ def decode_batch(batch: dict[str, np.ndarray], classes: list[str], size: int, ch
             if image.dtype != np.uint8:
                 image = np.clip(image, 0, 255).astype(np.uint8)
             image = _resize(image, size)
-        images.append(augment_image(augment, image, spatial_dims) if augment is not None else image)
+        images.append(image)
     labels = np.array([index[str(name)] for name in batch["label_name"]], dtype=np.int64)
     empty = (0, channels, size, size, size) if spatial_dims == 3 else (0, size, size, channels)
     out = np.stack(images) if images else np.zeros(empty, np.uint8)
@@ -196,7 +190,7 @@ def augmentation(cfg) -> EpochAugment | None:
 
 
 def _decode_fn(batch, classes, size, channels, spatial_dims=2):
-    return decode_batch(batch, classes, size, channels, spatial_dims=spatial_dims)
+    return decode_batch(batch, classes, size, channels, spatial_dims)
 
 
 def decoded(ds, cfg, classes: list[str], batch_size: int = 64):
