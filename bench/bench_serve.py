@@ -16,18 +16,20 @@ differences), and bare batches run just before and just after the load run (the 
 baseline) while the Serve cluster sits idle.
 
 Serve side, sized for a small machine: one ``SkinClassifier`` replica reserving 1 CPU (the
-ingress 0.1, the proxy and controller 0: it fits 2 cores), ``max_ongoing_requests`` above the
-number of clients so every request in flight can join a batch, and ``--clients`` (default
-3 x batch) keep-alive connections from an asyncio client, so the next batch is already waiting
-(the replica lets requests join only while the model is free) when one pass ends, counting the
-requests still on their way through the proxy. ``--wait-ms`` is ``batch_wait_timeout_s``: a lone
-request waits that long, so it is part of the p50 overhead; full batches under load never wait.
+ingress 0.1, the proxy and controller 0: it fits 2 cores); the ingress holds every request in
+flight (``ingress_max_ongoing_requests``, 256) and gathers them into batches for the replica,
+and ``--clients`` (default 3 x batch) keep-alive connections from an asyncio client keep the next
+batch waiting in the ingress (a partial batch goes only while the model has none) when one pass
+ends. ``--wait-ms`` is ``batch_wait_timeout_s``: a lone request waits that long, so it is part of
+the p50 overhead; full batches under load never wait.
 
 It also prints the CPU time each Serve process spent per request under load (Linux ``/proc``):
 on 2 cores that, not the model, bounds requests/s for a small model. And it prints how much of the
 load run the replica's model was busy and how long its passes took per image against the bare
 pass: busy near 100 % with slower passes means the model is sharing cores with the HTTP path,
-busy well below 100 % would mean requests do not reach the batch queue fast enough. ``--ingress`` picks how HTTP
+busy well below 100 % would mean requests do not reach the batch queue fast enough. The ingress
+sends uploads to the replica in batches (``medray.serve.batch_relay``); the bench prints how many
+each replica call brought. ``--ingress`` picks how HTTP
 reaches the app (``medray.serve.ingress_mode``): ``haproxy`` (medray's default: HAProxy in front
 of an ingress replica that serves HTTP itself) or ``proxy`` (Ray Serve's Python proxy actor).
 
@@ -225,7 +227,9 @@ def through_serve(bundle: str, payload: bytes, opts: argparse.Namespace) -> dict
     before, after = out.pop("stats_before"), out.pop("stats_after")
     batches = after["batches_total"] - before["batches_total"]
     forward_s = after["forward_s_total"] - before["forward_s_total"]
+    calls = after["calls_total"] - before["calls_total"]
     out.update(mean_batch=(after["samples_total"] - before["samples_total"]) / max(batches, 1),
+               per_call=(after["samples_total"] - before["samples_total"]) / max(calls, 1),
                max_batch=after["max"], torch_threads=after["torch_threads"],
                busy=forward_s / out["load_elapsed_s"], forward_ms=forward_s * 1000 / max(batches, 1))
     return out
@@ -275,7 +279,7 @@ def main() -> int:
     print(f"ray serve  : {srv['rps']:8.1f} requests/s ({opts.clients} clients, {srv['requests']} requests, "
           f"p50 {srv['load_p50_ms']:.1f} ms, p99 {srv['load_p99_ms']:.1f} ms under load), "
           f"p50 one request {srv['p50_ms']:7.2f} ms, batches mean {srv['mean_batch']:.1f} max {srv['max_batch']}, "
-          f"errors {srv['errors']}")
+          f"{srv['per_call']:.1f} uploads per replica call, errors {srv['errors']}")
     per_image = srv["forward_ms"] / max(srv["mean_batch"], 1e-9)
     print(f"replica    : model busy {srv['busy']:.0%} of the load run; a pass of {srv['mean_batch']:.1f} images took "
           f"{srv['forward_ms']:.1f} ms = {per_image:.1f} ms per image vs {1000 / bare_ips:.1f} ms bare "

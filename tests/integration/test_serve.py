@@ -109,7 +109,20 @@ def test_concurrent_requests_are_batched(client):
     assert 1 < stats["max"] <= 8, stats
     assert stats["samples_total"] - before["samples_total"] == 24
     assert stats["batches_total"] - before["batches_total"] < 24  # some requests shared a pass
+    assert stats["calls_total"] - before["calls_total"] < 24  # the ingress sent them in batches, not one by one
     assert stats["forward_s_total"] > before["forward_s_total"]  # pass time is recorded
+
+
+def test_a_bad_upload_fails_alone_in_its_batch(client):
+    uploads = [(_png(4.0, 300 + i), "slice.png") if i % 3 else (b"\x00garbage" * 20, "broken.png") for i in range(12)]
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        results = list(pool.map(lambda u: _upload(client, "/ct/classify", u[0], u[1]), uploads))
+    for (_, name), r in zip(uploads, results):
+        if name == "broken.png":
+            assert r.status_code == 400 and r.json()["error"] == "corrupt_input", r.text
+            assert "broken.png" in r.json()["detail"]
+        else:
+            assert r.status_code == 200 and r.json()["class"] == "CT-4", r.text
 
 
 @pytest.mark.parametrize("case, status, error, match", [
@@ -195,6 +208,10 @@ def test_invalid_app_args_name_the_field(tmp_path):
                    "    args:\n      skin:\n        model_uri: m\n        max_batch_size: 64\n"
                    "        max_ongoing_requests: 8\n")
     with pytest.raises(ConfigError, match=r"max_ongoing_requests \(8\) must be >= max_batch_size \(64\)"):
+        check_serve_config(bad)
+    bad.write_text("applications:\n  - name: medray\n    import_path: medray.serve.app:build_app\n"
+                   "    args:\n      ingress_max_ongoing_requests: 8\n      ct:\n        model_uri: m\n")
+    with pytest.raises(ConfigError, match=r"ingress_max_ongoing_requests \(8\) must be >= ct.max_batch_size \(16\)"):
         check_serve_config(bad)
     bad.write_text("applications:\n  - name: medray\n    import_path: medray.serve.app:build_app\n"
                    "    deployments: {not: a list}\n")

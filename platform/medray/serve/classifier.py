@@ -1,7 +1,10 @@
-"""Batched image classifier deployment (CT and skin): decode one upload, classify many at once.
+"""Batched image classifier deployment (CT and skin): decode uploads, classify many at once.
 
-Each request is decoded on its own (bad files fail alone, with 400/415); decoded samples then
-meet in ``@serve.batch`` so one forward pass answers up to ``max_batch_size`` requests.
+The HTTP ingress sends uploads in lists (``classify_many``, one call per batch: see
+``medray.serve.batch_relay``); other callers may send one at a time (``classify``). Each upload is
+decoded on its own (bad files fail alone, with 400/415); decoded samples then meet in
+``@serve.batch``, so one forward pass answers up to ``max_batch_size`` uploads, whichever call
+brought them.
 
 Samples join the batch queue only while the model is free. ``@serve.batch`` forms the next batch
 as soon as the previous one is handed over, not when it has finished: with the forward pass off
@@ -38,7 +41,8 @@ def model_card(endpoint: str, model: Any, args: ClassifierArgs) -> dict[str, Any
     return {"endpoint": endpoint, "uri": model.uri, "version": model.version, "model": model.spec.name,
             "spatial_dims": model.spec.spatial_dims, "classes": list(model.classes),
             "preprocessing": model.preprocessing.model_dump(mode="json"), "device": str(model.device),
-            "max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait_timeout_s}
+            "max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait_timeout_s,
+            "max_batches_in_flight": args.max_batches_in_flight}
 
 
 def result(endpoint: str, model: Any, probs: np.ndarray, kind: str, top_k: int | None) -> dict[str, Any]:
@@ -70,6 +74,7 @@ class ImageClassifier:
         self._predict.set_batch_wait_timeout_s(args.batch_wait_timeout_s)
         self.batch_sizes: list[int] = []
         self.batches_total = self.samples_total = 0  # since start (batch_sizes keeps the last 1000)
+        self.calls_total = 0  # classify / classify_many calls since start (one per batch from the ingress)
         self.forward_s_total = 0.0  # seconds spent in forward passes since start
         self._model_free: asyncio.Event | None = None  # set while no forward pass runs (made on the loop)
 
@@ -81,12 +86,33 @@ class ImageClassifier:
 
     async def classify(self, data: bytes, filename: str | None = None, content_type: str | None = None,
                        top_k: int | None = None) -> dict[str, Any]:
+        """One upload → its answer; a bad upload raises its ``HttpError``."""
+        outcome = (await self.classify_many([(data, filename, content_type, top_k)]))[0]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    async def classify_many(self, uploads: list[tuple[bytes, str | None, str | None, int | None]]) -> list[Any]:
+        """``(data, filename, content_type, top_k)`` per upload → its answer, or the ``HttpError``
+        it earned (returned, not raised: one bad file must not fail the others in its batch)."""
+        from medray.serve.errors import as_http_error
         from medray.serve.uploads import decode_for_model
 
-        sample, kind = decode_for_model(data, filename, content_type, self.model.preprocessing)
-        await self._free().wait()  # join the next batch once the model is free (see module doc)
-        probs = await self._predict(sample)
-        return result(self.endpoint, self.model, probs, kind, top_k)
+        self.calls_total += 1
+        decoded: list[Any] = []
+        for data, filename, content_type, _ in uploads:
+            try:
+                decoded.append(decode_for_model(data, filename, content_type, self.model.preprocessing))
+            except Exception as err:  # noqa: BLE001 - mapped per upload (unexpected ones are logged)
+                decoded.append(as_http_error(err))
+        good = [i for i, item in enumerate(decoded) if not isinstance(item, Exception)]
+        if good:
+            await self._free().wait()  # join the next batch once the model is free (see module doc)
+            probs = await asyncio.gather(*(self._predict(decoded[i][0]) for i in good))
+            for i, p in zip(good, probs):
+                sample_kind, top_k = decoded[i][1], uploads[i][3]
+                decoded[i] = result(self.endpoint, self.model, p, sample_kind, top_k)
+        return decoded
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def _predict(self, samples: list[np.ndarray]) -> list[np.ndarray]:
@@ -110,13 +136,15 @@ class ImageClassifier:
         return model_card(self.endpoint, self.model, self.args)
 
     def batch_stats(self) -> dict[str, Any]:
-        """Recent batch sizes, totals since start (batches, samples, seconds in forward passes) and
-        torch's thread count: proves batching happened, and (from two readings) shows how much of
-        a load run the model was busy and how long each pass took, with how many threads."""
+        """Recent batch sizes, totals since start (batches, samples, seconds in forward passes,
+        calls received) and torch's thread count: proves batching happened, and (from two readings)
+        shows how much of a load run the model was busy, how long each pass took with how many
+        threads, and how many uploads each call brought."""
         import torch
 
         sizes = self.batch_sizes
         return {"batches": len(sizes), "max": max(sizes, default=0),
                 "mean": float(np.mean(sizes)) if sizes else 0.0, "batches_total": self.batches_total,
                 "samples_total": self.samples_total, "forward_s_total": self.forward_s_total,
+                "calls_total": self.calls_total,
                 "torch_threads": torch.get_num_threads()}

@@ -1,4 +1,7 @@
-"""``POST /<endpoint>/classify`` for the image classifiers (CT, skin) backed by ``ImageClassifier``."""
+"""``POST /<endpoint>/classify`` for the image classifiers (CT, skin) backed by ``ImageClassifier``.
+
+Requests reach the replicas in batches: the route queues each upload in a ``BatchRelay`` that
+calls ``ImageClassifier.classify_many`` once per batch (see ``medray.serve.batch_relay``)."""
 
 # No `from __future__ import annotations`: FastAPI must see the real parameter types.
 from typing import Any
@@ -24,15 +27,21 @@ def deployment(name: str, deployment_name: str, section: ClassifierArgs, args: A
 
 def router(name: str, handle: Any, section: ClassifierArgs, args: AppArgs):
     """FastAPI routes of one classification endpoint."""
-    from medray.serve.errors import answer
+    from medray.serve.batch_relay import BatchRelay
+    from medray.serve.errors import answer, as_http_error
 
     api = APIRouter(tags=[name])
+    relay = BatchRelay(lambda uploads: answer(handle.classify_many.remote(uploads)),
+                       section.max_batch_size, section.batch_wait_timeout_s, section.max_batches_in_flight)
 
     @api.post(f"/{name}/classify", summary=DESCRIPTIONS.get(name, f"Classify an image ({name})"))
     async def classify(response: Response, file: UploadFile = File(..., description="The image or volume file"),
                        top_k: int | None = Query(None, ge=1, le=100, description="Also list the k most likely classes")):
         data = await file.read()
-        body = await answer(handle.classify.remote(data, file.filename, file.content_type, top_k))
+        try:
+            body = await relay.submit((data, file.filename, file.content_type, top_k))
+        except Exception as err:  # noqa: BLE001 - RayTaskError duals and per-upload errors, made plain
+            raise as_http_error(err) from None
         response.headers["X-Model-Version"] = body["model_version"]
         return body
 

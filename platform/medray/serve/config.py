@@ -27,7 +27,12 @@ class ClassifierArgs(MedrayModel):
     device: str = Field("cpu", pattern=r"^(cpu|auto|cuda(:\d+)?)$", description="cpu, cuda, cuda:N or auto (cuda if present)")
     max_batch_size: int = Field(16, ge=1, le=1024, description="Largest batch one forward pass takes (@serve.batch)")
     batch_wait_timeout_s: float = Field(0.005, ge=0, le=5, description="Longest wait for a batch to fill (s)")
-    max_ongoing_requests: int = Field(64, ge=1, description="Requests a replica holds at once; caps the batch size, so >= max_batch_size")
+    max_ongoing_requests: int = Field(64, ge=1, description="Calls a replica holds at once (a batch from the ingress "
+                                      "is one call; single calls from other handles batch up to this), so >= max_batch_size")
+    max_batches_in_flight: int = Field(2, ge=1, description="Full batches one ingress replica keeps out to this "
+                                       "endpoint's replicas at once (a partial batch goes only when none is out). "
+                                       "Serve's autoscaler counts these batches as the model's ongoing requests: "
+                                       "to reach max_replicas, set >= max_replicas x target_ongoing_requests")
     max_upload_bytes: int = Field(32 * MiB, ge=1024, description="Largest accepted upload (413 above it)")
 
     @model_validator(mode="after")
@@ -95,6 +100,16 @@ class AppArgs(MedrayModel):
     ingress_max_ongoing_requests: int = Field(256, ge=1, description="Requests the HTTP ingress replica holds at once")
     storage: StorageOptions = Field(default_factory=StorageOptions, description="Object storage access for model and slide URIs")
     mlflow_tracking_uri: str | None = Field(None, description="Tracking store for models:/ and runs:/ URIs (else $MLFLOW_TRACKING_URI)")
+
+    @model_validator(mode="after")
+    def _ingress_holds_a_batch(self) -> "AppArgs":
+        for name in ("ct", "skin"):
+            section = getattr(self, name)
+            if section is not None and self.ingress_max_ongoing_requests < section.max_batch_size:
+                raise ValueError(f"ingress_max_ongoing_requests ({self.ingress_max_ongoing_requests}) must be >= "
+                                 f"{name}.max_batch_size ({section.max_batch_size}): the ingress gathers the "
+                                 "batches, and it never holds more requests than that")
+        return self
 
     @field_validator("allowed_slide_roots")
     @classmethod
