@@ -136,3 +136,19 @@ def test_bad_settings_are_refused():
         BatchRelay(Model().send, max_batch_size=0, wait_s=0.0)
     with pytest.raises(ValueError):
         BatchRelay(Model().send, max_batch_size=4, wait_s=-1.0)
+
+
+def test_batches_are_capped_by_bytes_and_a_big_item_goes_alone():
+    async def main():
+        model = Model(auto=False)
+        relay = BatchRelay(model.send, max_batch_size=8, wait_s=0.3, max_in_flight=8,
+                           size_of=lambda x: x, max_batch_bytes=10)
+        futures = [asyncio.ensure_future(relay.submit(x)) for x in (4, 4, 4, 30, 1)]
+        await asyncio.sleep(0.1)
+        early = [list(c) for c in model.calls]  # sent by size, without waiting wait_s
+        model.gate.set()
+        return early, await asyncio.gather(*futures), model.calls
+
+    early, results, calls = run(main())
+    assert early == [[4, 4], [4], [30]]
+    assert results == [40, 40, 40, 300, 10] and calls[-1] == [1]

@@ -42,7 +42,7 @@ def model_card(endpoint: str, model: Any, args: ClassifierArgs) -> dict[str, Any
             "spatial_dims": model.spec.spatial_dims, "classes": list(model.classes),
             "preprocessing": model.preprocessing.model_dump(mode="json"), "device": str(model.device),
             "max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait_timeout_s,
-            "max_batches_in_flight": args.max_batches_in_flight}
+            "max_batches_in_flight": args.max_batches_in_flight, "max_batch_upload_bytes": args.max_batch_upload_bytes}
 
 
 def result(endpoint: str, model: Any, probs: np.ndarray, kind: str, top_k: int | None) -> dict[str, Any]:

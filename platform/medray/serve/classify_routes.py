@@ -32,7 +32,8 @@ def router(name: str, handle: Any, section: ClassifierArgs, args: AppArgs):
 
     api = APIRouter(tags=[name])
     relay = BatchRelay(lambda uploads: answer(handle.classify_many.remote(uploads)),
-                       section.max_batch_size, section.batch_wait_timeout_s, section.max_batches_in_flight)
+                       section.max_batch_size, section.batch_wait_timeout_s, section.max_batches_in_flight,
+                       size_of=lambda upload: len(upload[0]), max_batch_bytes=section.max_batch_upload_bytes)
 
     @api.post(f"/{name}/classify", summary=DESCRIPTIONS.get(name, f"Classify an image ({name})"))
     async def classify(response: Response, file: UploadFile = File(..., description="The image or volume file"),

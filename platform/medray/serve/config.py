@@ -34,6 +34,8 @@ class ClassifierArgs(MedrayModel):
                                        "Serve's autoscaler counts these batches as the model's ongoing requests: "
                                        "to reach max_replicas, set >= max_replicas x target_ongoing_requests")
     max_upload_bytes: int = Field(32 * MiB, ge=1024, description="Largest accepted upload (413 above it)")
+    max_batch_upload_bytes: int = Field(64 * MiB, ge=1024, description="Most upload bytes in one batch the ingress "
+                                        "sends (a batch is one Ray object; a larger single upload goes alone)")
 
     @model_validator(mode="after")
     def _batch_fits(self) -> "ClassifierArgs":
