@@ -216,7 +216,9 @@ def through_serve(bundle: str, payload: bytes, opts: argparse.Namespace) -> dict
     classifier = {"ray_actor_options": {"num_cpus": 1, "num_gpus": 1 if opts.gpu else 0, "runtime_env": {
         "env_vars": {"PYTHONPATH": path, "OMP_NUM_THREADS": str(opts.threads),
                      "OMP_WAIT_POLICY": os.environ["OMP_WAIT_POLICY"]}}}}
-    serve.run(build_app_with_options(args, {"SkinClassifier": classifier}), name="bench", route_prefix="/")
+    ingress = {"num_replicas": opts.ingress_replicas}  # HAProxy balances over them; each gathers its own batches
+    serve.run(build_app_with_options(args, {"SkinClassifier": classifier, "Ingress": ingress}), name="bench",
+              route_prefix="/")
     try:
         bare = Bare(bundle, payload, opts.batch, opts.threads, "cuda" if opts.gpu else "cpu")
         out = asyncio.run(_load(f"http://127.0.0.1:{port}/skin/classify", payload, opts.clients, opts.seconds,
@@ -251,6 +253,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0,
                         help="length of the Serve load run (the bare batches run half as long before and after it)")
     parser.add_argument("--singles", type=int, default=50, help="sequential single-image runs for the p50s")
+    parser.add_argument("--ingress-replicas", type=int, default=1,
+                        help="HTTP ingress replicas (a fast GPU model outruns one: ~2.5 ms of CPU per request each)")
     parser.add_argument("--gpu", action="store_true", help="bare model and replica on the GPU (bf16 autocast)")
     parser.add_argument("--ingress", choices=["auto", "haproxy", "proxy"], default="auto",
                         help="how HTTP reaches the app (medray.serve.ingress_mode; default: medray's, auto = "
@@ -273,7 +277,7 @@ def main() -> int:
     bare_ips = max(srv["bare_ips"])  # the faster of before and after: a slow baseline would flatter Serve
     print(f"model      : {opts.model} {opts.size}x{opts.size}, batch {opts.batch}, torch threads {opts.threads} "
           f"(replica: {srv['torch_threads']}), {'GPU' if opts.gpu else 'CPU'}, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, "
-          f"{opts.cpus} CPUs, ingress {opts.ingress}")
+          f"{opts.cpus} CPUs, ingress {opts.ingress} x {opts.ingress_replicas}")
     print(f"bare model : {bare_ips:8.1f} images/s (batch {opts.batch}; before / after the load run: "
           f"{srv['bare_ips'][0]:.1f} / {srv['bare_ips'][1]:.1f}), p50 one image {srv['bare_p50_ms']:7.2f} ms")
     print(f"ray serve  : {srv['rps']:8.1f} requests/s ({opts.clients} clients, {srv['requests']} requests, "
