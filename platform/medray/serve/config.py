@@ -26,7 +26,8 @@ class ClassifierArgs(MedrayModel):
     model_uri: str = Field(..., description="Bundle folder (local or s3://), models:/name/version|@alias, or runs:/id/name")
     device: str = Field("cpu", pattern=r"^(cpu|auto|cuda(:\d+)?)$", description="cpu, cuda, cuda:N or auto (cuda if present)")
     max_batch_size: int = Field(16, ge=1, le=1024, description="Largest batch one forward pass takes (@serve.batch)")
-    batch_wait_timeout_s: float = Field(0.005, ge=0, le=5, description="Longest wait for a batch to fill (s)")
+    batch_wait_timeout_s: float = Field(0.005, ge=0, le=5, description="Longest wait for a batch to fill in the ingress (s); "
+                                        "the replica adds none: what arrives during a forward pass joins the next")
     max_ongoing_requests: int = Field(64, ge=1, description="Calls a replica holds at once (a batch from the ingress "
                                       "is one call; single calls from other handles batch up to this), so >= max_batch_size")
     max_batches_in_flight: int = Field(2, ge=1, description="Full batches one ingress replica keeps out to this "
