@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medray.train.augment import (AugmentConfig, augment_batch, build_augment_2d, build_augment_3d,
-                                  hed_jitter_image)
+from medray.train.augment import AugmentConfig, build_augment_2d, build_augment_3d, hed_jitter_image
 
 ALL_ON = AugmentConfig(hflip=0.5, vflip=0.5, rot90=0.5, affine=0.5, brightness_contrast=0.5,
                        hed_jitter=0.5, blur=0.3, noise=0.3)
@@ -66,14 +65,6 @@ def test_3d_keeps_shape_and_is_seeded():
     assert any(not np.allclose(o, vol) for o in outs)
     flat = np.zeros((2, 4, 6, 8), np.float32)  # a non-square plane is never rotated
     assert build_augment_3d(ALL_ON, seed=1)(flat).shape == flat.shape
-
-
-def test_augment_batch_reproducible_with_rng():
-    batch = np.stack([_image(i) for i in range(4)])
-    fn = build_augment_2d(ALL_ON)
-    one = augment_batch(batch, fn, np.random.default_rng(11))
-    two = augment_batch(batch, fn, np.random.default_rng(11))
-    assert one.shape == batch.shape and one.dtype == np.uint8 and np.array_equal(one, two)
 
 
 def test_training_augmentation_draws_anew_each_epoch_and_is_reproducible():

@@ -4,7 +4,7 @@ space), MONAI array transforms for 3D volumes. Every pipeline is deterministic g
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from pydantic import Field
@@ -154,13 +154,3 @@ def build_augment_2d(cfg: AugmentConfig, seed: int | None = None) -> Augment2D:
 def build_augment_3d(cfg: AugmentConfig, seed: int | None = None) -> Augment3D:
     """Augmentation for volumes (CDHW float in, CDHW float32 out)."""
     return Augment3D(cfg, seed)
-
-
-def augment_batch(images: np.ndarray, fn: Callable[[np.ndarray], np.ndarray],
-                  rng: np.random.Generator | None = None) -> np.ndarray:
-    """Apply ``fn`` to each image of a batch; with ``rng``, reseed ``fn`` first (reproducible batches)."""
-    if rng is not None and hasattr(fn, "reseed"):
-        fn.reseed(int(rng.integers(0, 2**31 - 1)))
-    if len(images) == 0:
-        return np.asarray(images)
-    return np.stack([fn(img) for img in images])
