@@ -18,6 +18,7 @@ so a lone request is not made to wait twice.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import time
 from typing import Any
@@ -78,6 +79,10 @@ class ImageClassifier:
         self.batches_total = self.samples_total = 0  # since start (batch_sizes keeps the last 1000)
         self.calls_total = 0  # classify / classify_many calls since start (one per batch from the ingress)
         self.forward_s_total = 0.0  # seconds spent in forward passes since start
+        # One thread each for forward passes and for decoding: the model always runs on the same
+        # thread (one OpenMP team, one malloc arena), and decoding never waits behind a pass.
+        self._forward_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="forward")
+        self._decode_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="decode")
         self._model_free: asyncio.Event | None = None  # set while no forward pass runs (made on the loop)
 
     def _free(self) -> asyncio.Event:
@@ -101,12 +106,19 @@ class ImageClassifier:
         from medray.serve.uploads import decode_for_model
 
         self.calls_total += 1
-        decoded: list[Any] = []
-        for data, filename, content_type, _ in uploads:
-            try:
-                decoded.append(decode_for_model(data, filename, content_type, self.model.preprocessing))
-            except Exception as err:  # noqa: BLE001 - mapped per upload (unexpected ones are logged)
-                decoded.append(as_http_error(err))
+
+        def decode_all() -> list[Any]:
+            out: list[Any] = []
+            for data, filename, content_type, _ in uploads:
+                try:
+                    out.append(decode_for_model(data, filename, content_type, self.model.preprocessing))
+                except Exception as err:  # noqa: BLE001 - mapped per upload (unexpected ones are logged)
+                    out.append(as_http_error(err))
+            return out
+
+        # Off the event loop: a batch of NIfTI volumes takes seconds to decode and resample, and the
+        # loop must keep answering other calls and Serve's health checks meanwhile.
+        decoded = await asyncio.get_running_loop().run_in_executor(self._decode_pool, decode_all)
         good = [i for i, item in enumerate(decoded) if not isinstance(item, Exception)]
         if good:
             await self._free().wait()  # join the next batch once the model is free (see module doc)
@@ -128,7 +140,7 @@ class ImageClassifier:
         start = time.perf_counter()
         try:
             probs = await asyncio.get_running_loop().run_in_executor(
-                None, lambda: self.model.predict_proba(batch, batch_size=len(samples)))
+                self._forward_pool, lambda: self.model.predict_proba(batch, batch_size=len(samples)))
         finally:
             free.set()
             self.forward_s_total += time.perf_counter() - start
