@@ -217,6 +217,9 @@ def through_serve(bundle: str, payload: bytes, opts: argparse.Namespace) -> dict
         "env_vars": {"PYTHONPATH": path, "OMP_NUM_THREADS": str(opts.threads),
                      "OMP_WAIT_POLICY": os.environ["OMP_WAIT_POLICY"]}}}}
     ingress = {"num_replicas": opts.ingress_replicas}  # HAProxy balances over them; each gathers its own batches
+    if opts.no_access_log:  # Serve's per-request access log line, in both processes
+        for options in (ingress, classifier):
+            options["logging_config"] = {"enable_access_log": False}
     serve.run(build_app_with_options(args, {"SkinClassifier": classifier, "Ingress": ingress}), name="bench",
               route_prefix="/")
     try:
@@ -255,6 +258,8 @@ def main() -> int:
     parser.add_argument("--singles", type=int, default=50, help="sequential single-image runs for the p50s")
     parser.add_argument("--ingress-replicas", type=int, default=1,
                         help="HTTP ingress replicas (a fast GPU model outruns one: ~2.5 ms of CPU per request each)")
+    parser.add_argument("--no-access-log", action="store_true",
+                        help="turn off Serve's access log in the ingress and the replica (logging_config)")
     parser.add_argument("--gpu", action="store_true", help="bare model and replica on the GPU (bf16 autocast)")
     parser.add_argument("--ingress", choices=["auto", "haproxy", "proxy"], default="auto",
                         help="how HTTP reaches the app (medray.serve.ingress_mode; default: medray's, auto = "
@@ -277,7 +282,8 @@ def main() -> int:
     bare_ips = max(srv["bare_ips"])  # the faster of before and after: a slow baseline would flatter Serve
     print(f"model      : {opts.model} {opts.size}x{opts.size}, batch {opts.batch}, torch threads {opts.threads} "
           f"(replica: {srv['torch_threads']}), {'GPU' if opts.gpu else 'CPU'}, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, "
-          f"{opts.cpus} CPUs, ingress {opts.ingress} x {opts.ingress_replicas}")
+          f"{opts.cpus} CPUs, ingress {opts.ingress} x {opts.ingress_replicas}"
+          f"{', no access log' if opts.no_access_log else ''}")
     print(f"bare model : {bare_ips:8.1f} images/s (batch {opts.batch}; before / after the load run: "
           f"{srv['bare_ips'][0]:.1f} / {srv['bare_ips'][1]:.1f}), p50 one image {srv['bare_p50_ms']:7.2f} ms")
     print(f"ray serve  : {srv['rps']:8.1f} requests/s ({opts.clients} clients, {srv['requests']} requests, "

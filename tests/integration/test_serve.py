@@ -67,7 +67,7 @@ def test_health_models_and_docs(client, bundles):
     assert models["ct"]["preprocessing"]["info"] == {"window": "lung"} and models["ct"]["spatial_dims"] == 2
     assert len(models["skin"]["classes"]) == 7 and len(models["skin"]["version"]) == 12
     paths = client.get("/openapi.json").json()["paths"]
-    assert {"/ct/classify", "/skin/classify", "/healthz", "/models"} <= set(paths)
+    assert {"/ct/classify", "/skin/classify", "/ct/batching", "/skin/batching", "/healthz", "/models"} <= set(paths)
     assert client.get("/docs").status_code == 200
 
 
@@ -110,6 +110,10 @@ def test_concurrent_requests_are_batched(client):
     assert stats["samples_total"] - before["samples_total"] == 24
     assert stats["batches_total"] - before["batches_total"] < 24  # some requests shared a pass
     assert stats["calls_total"] - before["calls_total"] < 24  # the ingress sent them in batches, not one by one
+    batching = client.get("/ct/batching").json()  # the ingress's side of the same story
+    assert batching["items_sent"] >= 24 and batching["batches_sent"] < batching["items_sent"]
+    assert batching["pending"] == 0 and batching["in_flight"] == 0 and batching["max_batch_size"] == 8
+    assert batching["ingress_replica"]
     assert stats["forward_s_total"] > before["forward_s_total"]  # pass time is recorded
 
 

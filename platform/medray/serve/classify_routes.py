@@ -46,4 +46,15 @@ def router(name: str, handle: Any, section: ClassifierArgs, args: AppArgs):
         response.headers["X-Model-Version"] = body["model_version"]
         return body
 
+    @api.get(f"/{name}/batching", summary=f"How this ingress replica batches {name} uploads (its queue, "
+             "batches sent and out); each ingress replica keeps its own")
+    async def batching() -> dict[str, Any]:
+        from medray.serve.heatmap_records import current_owner
+
+        sent = relay.stats()
+        per_batch = sent["items_sent"] / sent["batches_sent"] if sent["batches_sent"] else 0.0
+        return {"endpoint": name, "ingress_replica": current_owner(), **sent,
+                "mean_batch": round(per_batch, 3), "max_batch_size": relay.max_batch_size,
+                "max_batches_in_flight": relay.max_in_flight}
+
     return api
