@@ -10,6 +10,7 @@ import pytest
 
 from medray.serve import heatmap_records as R
 from medray.serve.heatmap_jobs import job_view
+from medray.serve.replicas import current_replica, replica_alive
 
 
 def _job(status: str = "running", owner: str | None = "SERVE_REPLICA::app#SlideHeatmaps#abc123") -> dict:
@@ -80,9 +81,9 @@ def test_live_owners_and_finished_jobs_are_reported_as_stored():
     for status in ("succeeded", "failed"):
         done = _job(status)
         assert R.settle(done, lambda owner: False) is done  # finished: nobody needs to be alive
-    orphan = R.settle(_job("running", owner=None), R.replica_alive)  # no owner recorded: nobody can finish it
+    orphan = R.settle(_job("running", owner=None), replica_alive)  # no owner recorded: nobody can finish it
     assert orphan["status"] == "interrupted" and "(unknown)" in orphan["reason"]
 
 
 def test_outside_a_replica_there_is_no_owner():
-    assert R.current_owner() is None
+    assert current_replica() is None

@@ -49,11 +49,11 @@ def router(name: str, handle: Any, section: ClassifierArgs, args: AppArgs):
     @api.get(f"/{name}/batching", summary=f"How this ingress replica batches {name} uploads (its queue, "
              "batches sent and out); each ingress replica keeps its own")
     async def batching() -> dict[str, Any]:
-        from medray.serve.heatmap_records import current_owner
+        from medray.serve.replicas import current_replica
 
         sent = relay.stats()
         per_batch = sent["items_sent"] / sent["batches_sent"] if sent["batches_sent"] else 0.0
-        return {"endpoint": name, "ingress_replica": current_owner(), **sent,
+        return {"endpoint": name, "ingress_replica": current_replica(), **sent,
                 "mean_batch": round(per_batch, 3), "max_batch_size": relay.max_batch_size,
                 "max_batches_in_flight": relay.max_in_flight}
 

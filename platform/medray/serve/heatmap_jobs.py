@@ -27,6 +27,7 @@ from medray.config.common import StorageOptions
 from medray.serve.config import HeatmapArgs
 from medray.errors import StorageError
 from medray.serve import heatmap_records as records
+from medray.serve.replicas import current_replica, replica_alive
 from medray.serve.errors import HttpError, NotFound, PayloadTooLarge
 
 STATES = ("queued", "running", "succeeded", "failed")  # a stored record may also read "interrupted"
@@ -95,7 +96,7 @@ class HeatmapJobs:
         self.prefix = route_prefix
         self.model = load_model(args.model_uri, self.storage, device=resolve_device(args.device))
         self.jobs: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
-        self.owner = records.current_owner()  # written into each record: who can still finish it
+        self.owner = current_replica()  # written into each record: who can still finish it
         self.saved_at: dict[str, float] = {}  # job id → when its record was last written
         self.lock = threading.Lock()
         self.pool = concurrent.futures.ThreadPoolExecutor(args.max_concurrent_jobs, thread_name_prefix="heatmap-job")
@@ -226,7 +227,7 @@ class HeatmapJobs:
 
         def stored() -> dict[str, Any] | None:
             record = records.read_record(self.args.output_root, job_id, self.storage)
-            return None if record is None else records.settle(record, records.replica_alive)
+            return None if record is None else records.settle(record, replica_alive)
 
         job = await asyncio.get_running_loop().run_in_executor(None, stored)
         if job is None:

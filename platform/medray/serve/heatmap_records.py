@@ -5,7 +5,7 @@ The replica that owns a job (the one whose thread pool runs it) writes the recor
 lands (at most every ``record_interval_s``) and when it ends. So any replica, or the same
 deployment after a Serve redeploy or restart, can answer ``GET /slides/heatmap/{id}`` from it.
 
-A record names its owner (the Serve replica actor). A record that still says ``queued`` or
+A record names its owner (the Serve replica actor, ``medray.serve.replicas.current_replica``). A record that still says ``queued`` or
 ``running`` while that actor is gone can never finish: ``settle`` reports it as ``interrupted``
 with a reason instead of leaving it "running" forever. The stored record itself is left as the
 owner last wrote it.
@@ -25,7 +25,6 @@ from medray.runtime import json_safe
 RECORD_FILE = "job.json"
 ACTIVE = ("queued", "running")
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")  # uuid4().hex: anything else cannot name a record
-SERVE_NAMESPACE = "serve"  # the Ray namespace Serve creates its replica actors in
 
 
 def record_uri(output_root: str, job_id: str) -> str:
@@ -69,27 +68,3 @@ def settle(record: dict[str, Any], owner_alive: Callable[[str | None], bool]) ->
               f"restart or crash) while the job was {record['status']}; last progress "
               f"{record.get('done', 0)}/{record.get('total', 0)} patches at {when}. Submit the slide again.")
     return {**record, "status": "interrupted", "reason": reason}
-
-
-def current_owner() -> str | None:
-    """This Serve replica's actor name (what ``replica_alive`` looks up), or None outside Serve."""
-    from ray import serve
-    from ray.serve.exceptions import RayServeException
-
-    try:
-        return serve.get_replica_context().replica_id.to_full_id_str()
-    except RayServeException:  # not inside a replica
-        return None
-
-
-def replica_alive(owner: str | None) -> bool:
-    """Whether the named replica actor still exists on this cluster (dead actors lose their name)."""
-    import ray
-
-    if not owner:
-        return False
-    try:
-        ray.get_actor(owner, namespace=SERVE_NAMESPACE)
-    except ValueError:
-        return False
-    return True
