@@ -108,7 +108,7 @@ def test_decoded_stream_is_not_augmented_and_augmentation_follows_the_config():
     images = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(4)]
     batch = {"image": np.array([encode_image(i, "png") for i in images], dtype=object),
              "encoding": np.array(["png"] * 4, dtype=object), "label_name": np.array(["a", "b", "a", "b"], dtype=object)}
-    out = D._decode_fn(batch, ["a", "b"], 32, 3)
+    out = D.decode_batch(batch, ["a", "b"], 32, 3)
     assert np.array_equal(out["image"], np.stack(images)) and out["label"].tolist() == [0, 1, 0, 1]
     cfg = TrainConfig(dataset="x", preprocessing={"size": 32})
     assert isinstance(D.augmentation(cfg), D.EpochAugment)

@@ -189,14 +189,10 @@ def augmentation(cfg) -> EpochAugment | None:
     return EpochAugment(cfg.augment, cfg.seed, cfg.model.spatial_dims)
 
 
-def _decode_fn(batch, classes, size, channels, spatial_dims=2):
-    return decode_batch(batch, classes, size, channels, spatial_dims)
-
-
 def decoded(ds, cfg, classes: list[str], batch_size: int = 64):
     """``ds`` of encoded rows → stream of decoded examples at the model's size (not augmented)."""
     return ds.map_batches(
-        _decode_fn, batch_format="numpy", batch_size=batch_size,
+        decode_batch, batch_format="numpy", batch_size=batch_size,
         fn_kwargs={"classes": classes, "size": cfg.preprocessing.size, "channels": cfg.model.in_channels,
                    "spatial_dims": cfg.model.spatial_dims})
 
@@ -214,7 +210,9 @@ def materialize_in_order(ds):
 
 
 def example_bytes(cfg) -> int:
-    """About the bytes of one decoded stream example: uint8 pixels at the model's input size
-    (volumes keep their ingest shape; size³ is taken as its bound)."""
+    """About the bytes of one decoded stream example: uint8 pixels at the model's input size.
+    Volumes keep their ingest shape (``loader.target_shape``), which this config does not know:
+    size³ stands in for it (the shipped configs ingest 32×64×64 for size 64, so it errs large,
+    but a larger ingest shape would be underestimated)."""
     size, channels = cfg.preprocessing.size, cfg.model.in_channels
     return channels * size ** (3 if cfg.model.spatial_dims == 3 else 2)
