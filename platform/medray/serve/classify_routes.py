@@ -28,7 +28,7 @@ def deployment(name: str, deployment_name: str, section: ClassifierArgs, args: A
 def router(name: str, handle: Any, section: ClassifierArgs, args: AppArgs):
     """FastAPI routes of one classification endpoint."""
     from medray.serve.batch_relay import BatchRelay
-    from medray.serve.errors import answer, as_http_error
+    from medray.serve.errors import answer
 
     api = APIRouter(tags=[name])
     relay = BatchRelay(lambda uploads: answer(handle.classify_many.remote(uploads)),
@@ -39,10 +39,9 @@ def router(name: str, handle: Any, section: ClassifierArgs, args: AppArgs):
     async def classify(response: Response, file: UploadFile = File(..., description="The image or volume file"),
                        top_k: int | None = Query(None, ge=1, le=100, description="Also list the k most likely classes")):
         data = await file.read()
-        try:
-            body = await relay.submit((data, file.filename, file.content_type, top_k))
-        except Exception as err:  # noqa: BLE001 - RayTaskError duals and per-upload errors, made plain
-            raise as_http_error(err) from None
+        # raises the upload's own HttpError (the replica returns plain ones; ``answer`` makes a
+        # failed call's error plain); anything else becomes a JSON 500 in ``JsonServerErrors``
+        body = await relay.submit((data, file.filename, file.content_type, top_k))
         response.headers["X-Model-Version"] = body["model_version"]
         return body
 
